@@ -1,0 +1,191 @@
+"""The Ray backend: one actor per worker.
+
+Vectors move through Ray's object store: each ``step`` returns its vector
+as a separate object (one put per worker per round) and receivers read the
+handles zero-copy. A dead actor is restarted by Ray (``max_restarts``); the
+protocol then resynchronises it from a healthy peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from nodes.seeding import set_deterministic
+from nodes.worker import WorkerSpec
+
+from .backends import StepResult, WorkerData, build_worker
+
+log = logging.getLogger(__name__)
+
+ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+class WorkerActor:
+    """Hosts one :class:`nodes.worker.Worker`; resolves the object refs inside incoming messages."""
+
+    def __init__(self, spec: WorkerSpec, data: WorkerData, deterministic: bool, threads: int):
+        if deterministic:
+            set_deterministic(threads)
+        self.worker = build_worker(spec, data)
+
+    @ray.method(num_returns=2)
+    def step(self, stage: int, step: int, t: int, incoming):
+        vector = self.worker.step(stage, step, t, _resolve(incoming))
+        return vector is not None, vector
+
+    @ray.method(num_returns=2)
+    def attack(self, honest: list, t: int):
+        vector = self.worker.attack(ray.get(list(honest)), t)
+        return vector is not None, vector
+
+    def call(self, method: str, *args):
+        if method == "node_id":
+            return ray.get_runtime_context().get_node_id()
+        if method == "pid":
+            return os.getpid()
+        if method == "receive":
+            args = (_resolve(args[0]),)
+        return getattr(self.worker, method)(*args)
+
+
+def _resolve(incoming):
+    if incoming is None:
+        return None
+    kind, payload = incoming
+    if kind == "mix":
+        return kind, ray.get(list(payload))
+    if isinstance(payload, ray.ObjectRef):
+        return kind, ray.get(payload)
+    return incoming
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.actors: dict[int, Any] = {}
+        self._busy: dict[int, Any] = {}
+        self._died: set[int] = set()
+        self._placement_group = None
+        self._started_ray = False
+
+    # ----- lifecycle -------------------------------------------------------------------------------
+    def start(self, specs: Sequence[WorkerSpec], data: Mapping[int, WorkerData]) -> None:
+        be = self.config.backend
+        if not ray.is_initialized():
+            if be.address:
+                ray.init(address=be.address, log_to_driver=False)
+            else:
+                ray.init(log_to_driver=False)
+                self._started_ray = True
+        num_cpus = be.num_cpus or self._auto_cpus(len(specs))
+        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": be.num_gpus, "max_restarts": be.max_restarts}
+        if be.placement != "none":
+            bundle = {"CPU": num_cpus} | ({"GPU": be.num_gpus} if be.num_gpus else {})
+            self._placement_group = placement_group([bundle] * len(specs), strategy=be.placement.upper())
+            ray.get(self._placement_group.ready(), timeout=120)
+        actor_cls = ray.remote(WorkerActor)
+        for i, spec in enumerate(specs):
+            opts = dict(options)
+            if self._placement_group is not None:
+                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=self._placement_group, placement_group_bundle_index=i
+                )
+            self.actors[spec.index] = actor_cls.options(**opts).remote(
+                spec, data[spec.index], self.config.deterministic, self.config.threads
+            )
+        # Fail fast (with the actor's own error) if a worker cannot be built.
+        ray.get([a.call.remote("pid") for a in self.actors.values()])
+        log.info("ray backend: %d worker actors ready (num_cpus=%.3g each)", len(self.actors), num_cpus)
+
+    @staticmethod
+    def _auto_cpus(n: int) -> float:
+        total = ray.cluster_resources().get("CPU", 1.0)
+        return max(0.01, min(1.0, round(total / max(1, n), 3)))
+
+    def shutdown(self) -> None:
+        for actor in self.actors.values():
+            ray.kill(actor, no_restart=True)
+        self.actors.clear()
+        if self._placement_group is not None:
+            remove_placement_group(self._placement_group)
+            self._placement_group = None
+        if self._started_ray:
+            ray.shutdown()
+
+    # ----- rounds ----------------------------------------------------------------------------------
+    def step(self, workers, stage, step, t, incoming, deadline_s=None) -> StepResult:
+        calls = {}
+        result = StepResult()
+        for j in workers:
+            if not self._free(j):
+                result.failures[j] = "busy: previous round still running"
+                continue
+            calls[j] = self.actors[j].step.remote(stage, step, t, incoming.get(j))
+        return self._collect(calls, deadline_s, result)
+
+    def attack(self, workers, honest, t) -> StepResult:
+        calls = {j: self.actors[j].attack.remote(list(honest), t) for j in workers if self._free(j)}
+        return self._collect(calls, None, StepResult())
+
+    def _free(self, j: int) -> bool:
+        ref = self._busy.get(j)
+        if ref is None:
+            return True
+        done, _ = ray.wait([ref], timeout=0)
+        if done:
+            del self._busy[j]
+        return bool(done)
+
+    def _collect(self, calls: dict, deadline_s, result: StepResult) -> StepResult:
+        flags = {flag: j for j, (flag, _) in calls.items()}
+        ready, late = ray.wait(list(flags), num_returns=len(flags), timeout=deadline_s or None)
+        for flag in ready:
+            j = flags[flag]
+            try:
+                answered = ray.get(flag)
+            except ACTOR_FAILURES as exc:
+                result.failures[j] = f"actor died: {type(exc).__name__}"
+                self._died.add(j)
+                continue
+            if answered:
+                result.vectors[j] = calls[j][1]
+            else:
+                result.failures[j] = "no answer"
+        for flag in late:
+            j = flags[flag]
+            result.failures[j] = "missed deadline"
+            self._busy[j] = flag
+        return result
+
+    # ----- control ---------------------------------------------------------------------------------
+    def call(self, workers, method, *args) -> dict[int, Any]:
+        return self.call_each({j: (method, *args) for j in workers})
+
+    def call_each(self, calls) -> dict[int, Any]:
+        refs = {j: self.actors[j].call.remote(*spec) for j, spec in calls.items()}
+        return {j: ray.get(ref) for j, ref in refs.items()}
+
+    def fetch(self, handles) -> list[np.ndarray]:
+        return list(ray.get(list(handles)))
+
+    def put(self, array: np.ndarray) -> Any:
+        return ray.put(array)
+
+    def restarted(self) -> set[int]:
+        """Workers that died since the last call (Ray restarts them; the protocol resyncs them)."""
+        died, self._died = self._died, set()
+        return died
+
+    def kill(self, worker: int) -> None:
+        """Kill a worker's process; Ray restarts it if ``max_restarts`` allows (fault injection)."""
+        ray.kill(self.actors[worker], no_restart=False)

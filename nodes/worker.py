@@ -1,0 +1,291 @@
+"""One worker: its shard, its model, its local optimiser, its behaviour.
+
+This is everything that runs inside a single node, whatever executes it (the
+in-process backend calls these methods directly, the Ray backend from inside
+an actor). Vectors cross worker boundaries as float32 numpy arrays.
+
+MoNNA (Farhadkhani et al., ICML 2023), per honest worker j and round t::
+
+    g_j    = grad loss(theta_j; batch_j) + wd * theta_j
+    m_j    = beta * m_j + (1 - beta) * g_j
+    half_j = theta_j - lr_t * m_j              # sent to the others
+    theta_j = rule(received half-models, pivot=half_j, f)   # nna: mean of the n-f closest
+
+The ``server`` protocol sends ``m_j`` instead and receives the new parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from aggregator import aggregate, get_attack
+
+from .models import build_model, flat_parameters, load_flat_parameters
+from .seeding import derive_seed, generator
+from .shard_store import ShardStore
+
+HONEST = "honest"
+# Byzantine behaviours implemented by the worker itself; every other name is an attack from `aggregator`.
+WORKER_BEHAVIOURS = ("label_flip", "crash", "straggler")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Plain, picklable description of one worker (everything needed to rebuild it after a restart)."""
+
+    index: int
+    group: int
+    seed: int
+    model: str
+    input_shape: tuple
+    num_classes: int
+    model_params: Mapping[str, Any] = field(default_factory=dict)
+    protocol: str = "monna"
+    rule: str = "nna"
+    f: int = 0
+    rule_params: Mapping[str, Any] = field(default_factory=dict)
+    pre: tuple = ()
+    lr: float = 0.1
+    lr_schedule: str = "constant"
+    total_rounds: int = 1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    behaviour: str = HONEST
+    behaviour_params: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    @property
+    def is_byzantine(self) -> bool:
+        return self.behaviour != HONEST
+
+    @property
+    def trains(self) -> bool:
+        """Whether this worker computes gradients (honest ones and the behaviours that train)."""
+        return self.behaviour == HONEST or self.behaviour in WORKER_BEHAVIOURS
+
+    @property
+    def attack(self) -> str | None:
+        """The `aggregator` attack this worker sends, if it is that kind of Byzantine worker."""
+        return None if self.trains else self.behaviour
+
+
+def learning_rate(spec: WorkerSpec, t: int) -> float:
+    """The step size at round ``t``: ``constant``, ``cosine`` (to 0 at the last round) or ``step`` (x0.1 at 50% and 75%)."""
+    if spec.lr_schedule == "constant":
+        return spec.lr
+    if spec.lr_schedule == "cosine":
+        return 0.5 * spec.lr * (1.0 + math.cos(math.pi * t / max(1, spec.total_rounds)))
+    if spec.lr_schedule == "step":
+        return spec.lr * (0.1 ** ((t >= spec.total_rounds // 2) + (t >= 3 * spec.total_rounds // 4)))
+    raise ValueError(f"unknown lr_schedule {spec.lr_schedule!r}; known: constant, cosine, step")
+
+
+def initial_parameters(spec: WorkerSpec) -> torch.Tensor:
+    """Every worker of a group starts from the same parameters, drawn from ``(seed, "init", group)``."""
+    model = build_model(
+        spec.model,
+        input_shape=tuple(spec.input_shape),
+        num_classes=spec.num_classes,
+        seed=derive_seed(spec.seed, "init", spec.group),
+        **dict(spec.model_params),
+    )
+    return flat_parameters(model)
+
+
+class Worker:
+    """A node's model and optimiser state over its own :class:`ShardStore`."""
+
+    def __init__(self, spec: WorkerSpec, store: ShardStore):
+        self.spec = spec
+        self.store = store
+        self.device = torch.device(spec.device)
+        self.model = build_model(
+            spec.model,
+            input_shape=tuple(spec.input_shape),
+            num_classes=spec.num_classes,
+            seed=derive_seed(spec.seed, "init", spec.group),
+            **dict(spec.model_params),
+        ).to(self.device)
+        self.theta = flat_parameters(self.model).to(self.device)
+        self.momentum = torch.zeros_like(self.theta)
+        self.half = self.theta.clone()
+        self._data_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    # ----- state ---------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Parameters and momentum as float32 arrays (what a checkpoint holds for this worker)."""
+        return {"theta": _to_numpy(self.theta), "momentum": _to_numpy(self.momentum)}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        theta = _to_tensor(state["theta"], self.device)
+        momentum = _to_tensor(state["momentum"], self.device)
+        if theta.shape != self.theta.shape or momentum.shape != self.theta.shape:
+            raise ValueError(
+                f"worker {self.spec.index}: state has shape {tuple(theta.shape)}/{tuple(momentum.shape)}, "
+                f"model needs ({self.theta.numel()},)"
+            )
+        self.theta, self.momentum = theta, momentum
+        self.half = theta.clone()
+
+    def parameters(self) -> np.ndarray:
+        return _to_numpy(self.theta)
+
+    # ----- data ----------------------------------------------------------------------------------
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        """Delete samples from this worker's store (durable before it returns); returns those removed now."""
+        removed = self.store.delete(list(ids))
+        self._data_cache = None
+        return removed
+
+    def data_ids(self, max_slice: int) -> list[str]:
+        return [str(i) for i in self.store.view(max_slice)[0]]
+
+    def _training_data(self, max_slice: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._data_cache is None or self._data_cache[0] != max_slice:
+            _, features, labels = self.store.view(max_slice)
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
+            y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(self.device)
+            if self.spec.behaviour == "label_flip":
+                y = self.spec.num_classes - 1 - y
+            self._data_cache = (max_slice, x, y)
+        return self._data_cache[1], self._data_cache[2]
+
+    # ----- one round -----------------------------------------------------------------------------
+    def receive(self, incoming: tuple | None) -> None:
+        """Apply what the protocol delivered: ``("mix", vectors)`` or ``("set", parameters)``."""
+        if incoming is None:
+            return
+        kind, payload = incoming
+        if kind == "set":
+            self.theta = _to_tensor(payload, self.device)
+        elif kind == "mix":
+            vectors = torch.stack([_to_tensor(v, self.device) for v in payload])
+            # The declared f can exceed what a short round tolerates: keep at least one vector.
+            f = min(self.spec.f, max(0, vectors.shape[0] - 1))
+            self.theta = aggregate(
+                vectors, self.spec.rule, f=f, pivot=self.half, pre=self.spec.pre, **dict(self.spec.rule_params)
+            )
+        else:
+            raise ValueError(f"unknown incoming message kind {kind!r}")
+
+    def step(self, stage: int, step: int, t: int, incoming: tuple | None = None) -> np.ndarray | None:
+        """Apply ``incoming``, take one local step on slices ``0..stage``, return the vector to send.
+
+        Returns ``None`` when this worker does not answer (a crashed worker, or one with no data).
+        """
+        self.receive(incoming)
+        behaviour = self.spec.behaviour
+        if behaviour == "crash" and t >= int(self.spec.behaviour_params.get("round", 0)):
+            return None
+        if not self.spec.trains:
+            return None
+        x, y = self._training_data(stage)
+        if x.shape[0] == 0:
+            return None
+        g = generator(self.spec.seed, self.spec.index, stage, step)
+        idx = torch.randint(0, x.shape[0], (self.spec.batch_size,), generator=g).to(self.device)
+        grad = self._gradient(x[idx], y[idx])
+        beta = self.spec.momentum
+        self.momentum = beta * self.momentum + (1.0 - beta) * grad
+        self.half = self.theta - learning_rate(self.spec, t) * self.momentum
+        if self.spec.protocol == "monna":
+            out = self.half
+        else:
+            out = self.momentum
+        if behaviour == "straggler":
+            time.sleep(float(self.spec.behaviour_params.get("delay_s", 1.0)))
+        return _to_numpy(out)
+
+    def _gradient(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        load_flat_parameters(self.model, self.theta)
+        self.model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        grad = torch.cat([p.grad.reshape(-1) for p in self.model.parameters()])
+        if self.spec.weight_decay:
+            grad = grad + self.spec.weight_decay * self.theta
+        return grad.detach()
+
+    def attack(self, honest: Sequence[np.ndarray], t: int) -> np.ndarray | None:
+        """The vector an omniscient attacker sends this round, given the honest vectors."""
+        name = self.spec.attack
+        if name is None or len(honest) == 0:
+            return None
+        vectors = torch.stack([_to_tensor(v, self.device) for v in honest])
+        params = dict(self.spec.behaviour_params)
+        num_byzantine = int(params.pop("num_byzantine", 1))
+        vector = get_attack(name)(
+            vectors,
+            f=self.spec.f,
+            num_byzantine=num_byzantine,
+            defense=self._defense(vectors) if name.endswith("_optimized") else None,
+            generator=generator(self.spec.seed, self.spec.index, "attack", t),
+            **params,
+        )
+        return _to_numpy(vector)
+
+    def _defense(self, honest: torch.Tensor):
+        """The aggregation the attacker faces, as a closure over all sent vectors."""
+        spec = self.spec
+        if spec.protocol == "monna":
+            # Decentralised: each honest worker mixes around its own vector; hurt them on average.
+            def defense(vectors: torch.Tensor) -> torch.Tensor:
+                outs = [
+                    aggregate(vectors, spec.rule, f=spec.f, pivot=p, pre=spec.pre, **dict(spec.rule_params))
+                    for p in honest
+                ]
+                return torch.stack(outs).mean(0)
+        else:
+            def defense(vectors: torch.Tensor) -> torch.Tensor:
+                return aggregate(vectors, spec.rule, f=spec.f, pre=spec.pre, **dict(spec.rule_params))
+        return defense
+
+
+def evaluate(spec: WorkerSpec, theta: np.ndarray, features: np.ndarray, labels: np.ndarray,
+             batch_size: int = 4096) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of parameters ``theta`` on ``(features, labels)``."""
+    return evaluate_model(probabilities_model(spec, theta), features, labels, batch_size)
+
+
+def probabilities_model(spec: WorkerSpec, theta: np.ndarray) -> torch.nn.Module:
+    model = build_model(spec.model, input_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
+                        seed=0, **dict(spec.model_params))
+    load_flat_parameters(model, _to_tensor(theta, torch.device("cpu")))
+    model.eval()
+    return model
+
+
+def evaluate_model(model: torch.nn.Module, features: np.ndarray, labels: np.ndarray,
+                   batch_size: int = 4096) -> tuple[float, float]:
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    correct, loss_sum = 0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(features[start:start + batch_size], dtype=np.float32))
+            y = torch.from_numpy(np.ascontiguousarray(labels[start:start + batch_size], dtype=np.int64))
+            logits = model(x)
+            if not torch.isfinite(logits).all():
+                return 0.0, float("inf")
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+    return correct / len(labels), loss_sum / len(labels)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy().copy()
+
+
+def _to_tensor(v: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v.to(device=device, dtype=torch.float32)
+    # np.array copies: vectors read zero-copy from Ray's object store are read-only.
+    return torch.from_numpy(np.array(v, dtype=np.float32)).to(device)
