@@ -80,11 +80,12 @@ class UnlearningConfig:
 class BackendConfig:
     name: str = "local"
     address: str = ""
-    num_cpus: float = 1.0
+    num_cpus: float = 0.0  # per worker actor; 0 = auto: the cluster's CPUs shared evenly, at most 1
     num_gpus: float = 0.0
     placement: str = "none"
     max_restarts: int = 3
     device: str = "cpu"
+    start_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,16 @@ class RayBackend:
             self.actors[spec.index] = actor_cls.options(**opts).remote(
                 spec, data[spec.index], self.config.deterministic, self.config.threads
             )
-        # Fail fast (with the actor's own error) if a worker cannot be built.
-        ray.get([a.call.remote("pid") for a in self.actors.values()])
+        # Fail fast (with the actor's own error) if a worker cannot be built or placed.
+        try:
+            ray.get([a.call.remote("pid") for a in self.actors.values()], timeout=be.start_timeout_s)
+        except GetTimeoutError:
+            self.shutdown()
+            raise RuntimeError(
+                f"{len(specs)} worker actors did not start within {be.start_timeout_s:.0f}s: each asks for "
+                f"num_cpus={num_cpus}, num_gpus={be.num_gpus}; the cluster has {ray.cluster_resources()}. "
+                "Lower backend.num_cpus/num_gpus (0 = share the CPUs evenly) or add nodes."
+            ) from None
         log.info("ray backend: %d worker actors ready (num_cpus=%.3g each)", len(self.actors), num_cpus)
 
     @staticmethod

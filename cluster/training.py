@@ -153,7 +153,7 @@ def make_summary(plan: RunPlan, session: Session, params: dict[int, np.ndarray],
 def _tensor(array: np.ndarray):
     import torch
 
-    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+    return torch.from_numpy(np.array(array, dtype=np.float32))
 
 
 def _stats(values: list[float]) -> dict:
