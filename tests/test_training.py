@@ -1,0 +1,100 @@
+"""Training on the in-process backend: outputs, determinism, protocols, faults."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cluster.training import train
+from conftest import small_config
+
+
+def test_monna_trains_digits_and_writes_outputs(tmp_path):
+    config = small_config(training={"rounds": 60, "eval_every": 20})
+    result = train(config, tmp_path / "run", progress=False)
+    out = tmp_path / "run"
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved == config.to_dict()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in lines] == [20, 40, 60]
+    honest = [str(s) for s in range(5)]  # workers 0..4 honest, 5 Byzantine
+    assert sorted(lines[-1]["accuracy"]) == honest
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == result.summary
+    assert summary["honest_test_accuracy"]["min"] > 0.8, summary
+    assert summary["rounds"] == 60
+    # 5 honest trainers x batch 32 x 60 rounds (the ALIE worker computes no gradient)
+    assert summary["gradient_evaluations"] == 5 * 32 * 60
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(summary["worker_digests"]) == set(honest)
+    # Accuracy improves over training.
+    assert lines[-1]["honest_accuracy"]["mean"] >= lines[0]["honest_accuracy"]["mean"]
+
+
+def test_same_seed_is_bit_identical_and_seed_matters():
+    config = small_config(training={"rounds": 10, "eval_every": 10})
+    a = train(config, progress=False)
+    b = train(config, progress=False)
+    assert a.summary["worker_digests"] == b.summary["worker_digests"]
+    for j in a.parameters:
+        assert np.array_equal(a.parameters[j], b.parameters[j])
+    c = train(config.replace(seed=1), progress=False)
+    assert c.summary["worker_digests"] != a.summary["worker_digests"]
+
+
+def test_server_protocol_all_honest_share_one_model():
+    config = small_config(training={"protocol": "server", "rule": "cwtm", "rounds": 60, "eval_every": 60,
+                                    "pre": ["nnm"]},
+                          byzantine={"count": 1, "behaviour": "sign_flip"})
+    result = train(config, progress=False)
+    digests = set(result.summary["worker_digests"].values())
+    assert len(digests) == 1  # the server broadcasts one model
+    assert result.summary["honest_test_accuracy"]["min"] > 0.6
+
+
+def test_dsgd_breaks_under_gaussian_attack_while_monna_holds():
+    attack = {"count": 2, "behaviour": "gaussian"}
+    dsgd = train(small_config(training={"protocol": "server", "rule": "mean", "f": 2, "rounds": 40},
+                              byzantine=attack), progress=False)
+    monna = train(small_config(training={"f": 2, "rounds": 60}, byzantine=attack), progress=False)
+    assert dsgd.summary["honest_test_accuracy"]["max"] < 0.5
+    assert monna.summary["honest_test_accuracy"]["min"] > 0.75
+
+
+def test_crashed_worker_is_absent_and_reported(tmp_path):
+    config = small_config(training={"rounds": 40, "eval_every": 20},
+                          byzantine={"count": 1, "behaviour": "crash", "params": {"round": 5}})
+    train(config, tmp_path / "run", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    failures = [f for m in lines for f in m["failures"]]
+    assert {f["worker"] for f in failures} == {5}
+    assert sorted(f["round"] for f in failures) == list(range(5, 40))
+    assert lines[-1]["honest_accuracy"]["min"] > 0.5
+
+
+def test_label_flip_worker_trains_on_flipped_labels():
+    config = small_config(training={"rounds": 20, "eval_every": 20},
+                          byzantine={"count": 1, "behaviour": "label_flip"})
+    result = train(config, progress=False)
+    # label_flip workers compute gradients: 6 trainers x 32 x 20
+    assert result.summary["gradient_evaluations"] == 6 * 32 * 20
+
+
+def test_refuses_to_overwrite_a_trained_state(tmp_path):
+    config = small_config(training={"rounds": 4, "eval_every": 4})
+    train(config, tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "summary.json").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a trained state"):
+        train(config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "summary.json").read_bytes() == before
+
+
+def test_groups_train_in_isolation_and_vote():
+    config = small_config(training={"workers": 3, "f": 1, "rounds": 90, "eval_every": 90},
+                          byzantine={"count": 0}, unlearning={"groups": 2, "slices": 3})
+    result = train(config, progress=False)
+    assert set(result.summary["group_digests"]) == {"0", "1"}
+    assert result.summary["group_digests"]["0"] != result.summary["group_digests"]["1"]
+    assert result.summary["ensemble_test_accuracy"] > 0.7
