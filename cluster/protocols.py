@@ -129,7 +129,12 @@ class Session:
                 log.error("worker %d restarted and no healthy peer is left in group %d", j, g)
                 continue
             state = self.backend.call([peers[0]], "get_state")[peers[0]]
-            self.backend.call([j], "set_state", state)
+            try:
+                self.backend.call([j], "set_state", state)
+            except Exception as exc:  # noqa: BLE001 - a worker that cannot come back stays absent
+                log.error("worker %d could not rejoin: %s", j, exc)
+                self.failures.append(Failure(-1, j, f"could not rejoin: {type(exc).__name__}"))
+                continue
             self.incoming.pop(j, None)
             self.failures.append(Failure(-1, j, f"restarted; state copied from worker {peers[0]}"))
             log.warning("worker %d restarted; rejoined from worker %d", j, peers[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -181,7 +182,20 @@ class RayBackend:
 
     def call_each(self, calls) -> dict[int, Any]:
         refs = {j: self.actors[j].call.remote(*spec) for j, spec in calls.items()}
-        return {j: ray.get(ref) for j, ref in refs.items()}
+        out = {}
+        for j, ref in refs.items():
+            deadline = time.monotonic() + self.config.backend.start_timeout_s
+            while True:
+                try:
+                    out[j] = ray.get(ref)
+                    break
+                except ActorUnavailableError:
+                    # The actor is restarting: control calls wait for it (rounds do not).
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+                    ref = self.actors[j].call.remote(*calls[j])
+        return out
 
     def fetch(self, handles) -> list[np.ndarray]:
         return list(ray.get(list(handles)))
