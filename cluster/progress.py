@@ -10,12 +10,12 @@ log = logging.getLogger("ostracon")
 
 
 class _Plain:
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, 0
+    def __init__(self, total: int, label: str, quiet: bool = False):
+        self.total, self.label, self.done, self.quiet = total, label, 0, quiet
 
     def advance(self, n: int = 1, message: str = "") -> None:
         self.done += n
-        if message:
+        if message and not self.quiet:
             log.info("%s %d/%d %s", self.label, self.done, self.total, message)
 
 
@@ -29,9 +29,9 @@ class _Rich:
 
 @contextmanager
 def progress_bar(total: int, label: str, enabled: bool = True):
-    """Yield an object with ``advance(n, message)``."""
+    """Yield an object with ``advance(n, message)``; ``enabled=False`` reports nothing."""
     if not enabled or not sys.stderr.isatty():
-        yield _Plain(total, label)
+        yield _Plain(total, label, quiet=not enabled)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
