@@ -98,3 +98,13 @@ def test_groups_train_in_isolation_and_vote():
     assert set(result.summary["group_digests"]) == {"0", "1"}
     assert result.summary["group_digests"]["0"] != result.summary["group_digests"]["1"]
     assert result.summary["ensemble_test_accuracy"] > 0.7
+
+
+def test_straggler_misses_the_round_deadline(tmp_path):
+    config = small_config(training={"rounds": 6, "eval_every": 6, "round_deadline_s": 0.05},
+                          byzantine={"count": 1, "behaviour": "straggler", "params": {"delay_s": 0.1}})
+    train(config, tmp_path / "run", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    failures = [f for m in lines for f in m["failures"]]
+    assert [(f["round"], f["worker"], f["reason"]) for f in failures] == [
+        (t, 5, "missed deadline") for t in range(6)]
