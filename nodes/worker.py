@@ -168,8 +168,8 @@ class Worker:
             self.theta = _to_tensor(payload, self.device)
         elif kind == "mix":
             vectors = torch.stack([_to_tensor(v, self.device) for v in payload])
-            # The declared f can exceed what a short round tolerates: keep at least one vector.
-            f = min(self.spec.f, max(0, vectors.shape[0] - 1))
+            # Absent workers shrink the round: never declare more than the rule tolerates (n > 2f).
+            f = min(self.spec.f, max(0, (vectors.shape[0] - 1) // 2))
             self.theta = aggregate(
                 vectors, self.spec.rule, f=f, pivot=self.half, pre=self.spec.pre, **dict(self.spec.rule_params)
             )
