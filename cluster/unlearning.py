@@ -71,7 +71,7 @@ def tombstoned(plan: RunPlan) -> set[str]:
     out: set[str] = set()
     for data in plan.data.values():
         if data.store_path and os.path.isdir(data.store_path):
-            out |= ShardStore.open(data.store_path).deleted()
+            out |= ShardStore.read_tombstones(data.store_path)  # the log alone: no need to load the rows
     return out
 
 
