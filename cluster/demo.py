@@ -12,7 +12,6 @@ import tempfile
 
 import numpy as np
 
-from .cli import EXAMPLES_DIR
 from .config import load
 from .training import train
 from .unlearning import format_certificate, locate, unlearn_state_dir, verify_state_dir
@@ -22,7 +21,8 @@ from .plan import make_plan
 def run_demo(outdir: str | None = None, backend: str = "local") -> int:
     outdir = outdir or tempfile.mkdtemp(prefix="ostracon-demo-")
     state_dir = os.path.join(outdir, "run")
-    config = load(os.path.join(EXAMPLES_DIR, "digits_sisa.toml"), {"backend.name": backend})
+    # Shipped inside the package (not examples/), so the demo runs from any install.
+    config = load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.toml"), {"backend.name": backend})
     print(f"1/3 training: {config.unlearning.groups} groups x {config.training.workers} workers "
           f"({config.byzantine.count} Byzantine '{config.byzantine.behaviour}' per group), "
           f"{config.unlearning.slices} slices, backend {backend} -> {state_dir}")

@@ -78,16 +78,18 @@ class RayBackend:
         self._died: set[int] = set()
         self._placement_group = None
         self._started_ray = False
+        # Constructor arguments stay referenced while the actors live: Ray needs them to restart one.
+        self._init_args: dict[int, Any] = {}
 
     # ----- lifecycle -------------------------------------------------------------------------------
     def start(self, specs: Sequence[WorkerSpec], data: Mapping[int, WorkerData]) -> None:
         be = self.config.backend
         if not ray.is_initialized():
-            if be.address:
-                ray.init(address=be.address, log_to_driver=False)
-            else:
-                ray.init(log_to_driver=False)
-                self._started_ray = True
+            ray.init(address=be.address or None, log_to_driver=False)
+            self._started_ray = True
+        elif be.address:
+            log.warning("backend.address=%r ignored: this process is already connected to a Ray cluster",
+                        be.address)
         num_cpus = be.num_cpus or self._auto_cpus(len(specs))
         options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": be.num_gpus, "max_restarts": be.max_restarts}
         if be.placement != "none":
@@ -101,8 +103,9 @@ class RayBackend:
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=self._placement_group, placement_group_bundle_index=i
                 )
+            self._init_args[spec.index] = ray.put(data[spec.index])
             self.actors[spec.index] = actor_cls.options(**opts).remote(
-                spec, data[spec.index], self.config.deterministic, self.config.threads
+                spec, self._init_args[spec.index], self.config.deterministic, self.config.threads
             )
         # Fail fast (with the actor's own error) if a worker cannot be built or placed.
         try:
@@ -125,6 +128,7 @@ class RayBackend:
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
         self.actors.clear()
+        self._init_args.clear()
         if self._placement_group is not None:
             remove_placement_group(self._placement_group)
             self._placement_group = None
