@@ -27,6 +27,7 @@ from .backends import StepResult, WorkerData, build_worker
 log = logging.getLogger(__name__)
 
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+PACK_LIMIT_BYTES = 8 << 20  # a group's vectors up to this size travel as one stacked object
 
 
 class WorkerActor:
@@ -37,35 +38,43 @@ class WorkerActor:
             set_deterministic(threads)
         self.worker = build_worker(spec, data)
 
+    # Vectors arrive as top-level arguments: Ray resolves them before the call runs, inlining small
+    # ones into the task itself and mapping large ones zero-copy from the object store.
     @ray.method(num_returns=2)
-    def step(self, stage: int, step: int, t: int, incoming):
-        vector = self.worker.step(stage, step, t, _resolve(incoming))
+    def step(self, stage: int, step: int, t: int, kind: str | None, *payload):
+        vector = self.worker.step(stage, step, t, _incoming(kind, payload))
         return vector is not None, vector
 
     @ray.method(num_returns=2)
-    def attack(self, honest: list, t: int):
-        vector = self.worker.attack(ray.get(list(honest)), t)
+    def attack(self, t: int, *honest):
+        vector = self.worker.attack(list(honest), t)
         return vector is not None, vector
+
+    def receive(self, kind: str | None, *payload):
+        self.worker.receive(_incoming(kind, payload))
 
     def call(self, method: str, *args):
         if method == "node_id":
             return ray.get_runtime_context().get_node_id()
         if method == "pid":
             return os.getpid()
-        if method == "receive":
-            args = (_resolve(args[0]),)
         return getattr(self.worker, method)(*args)
 
 
-def _resolve(incoming):
+def _flat(incoming) -> tuple:
+    """``("mix", [refs])`` -> ``("mix", *refs)``: top-level refs are resolved by Ray before the call."""
     if incoming is None:
-        return None
+        return (None,)
     kind, payload = incoming
-    if kind == "mix":
-        return kind, ray.get(list(payload))
-    if isinstance(payload, ray.ObjectRef):
-        return kind, ray.get(payload)
-    return incoming
+    return (kind, *payload) if kind == "mix" else (kind, payload)
+
+
+def _incoming(kind: str | None, payload: tuple):
+    if kind is None:
+        return None
+    if kind == "mix_packed":  # one (n, d) array holding every row, in order
+        return "mix", list(payload[0])
+    return (kind, list(payload)) if kind == "mix" else (kind, payload[0])
 
 
 class RayBackend:
@@ -139,15 +148,32 @@ class RayBackend:
     def step(self, workers, stage, step, t, incoming, deadline_s=None) -> StepResult:
         calls = {}
         result = StepResult()
+        packed: dict[int, tuple] = {}
         for j in workers:
             if not self._free(j):
                 result.failures[j] = "busy: previous round still running"
                 continue
-            calls[j] = self.actors[j].step.remote(stage, step, t, incoming.get(j))
+            message = incoming.get(j)
+            if message is not None and message[0] == "mix":
+                key = id(message[1])  # every worker of a group receives the same list
+                if key not in packed:
+                    packed[key] = self._pack(message[1])
+                args = packed[key]
+            else:
+                args = _flat(message)
+            calls[j] = self.actors[j].step.remote(stage, step, t, *args)
         return self._collect(calls, deadline_s, result)
 
+    def _pack(self, handles: list) -> tuple:
+        """Small vectors: stack them once into one object (n reads a round instead of n^2 transfers).
+        Large ones stay where their worker put them and are read zero-copy by every receiver."""
+        first = ray.get(handles[0])
+        if first.nbytes * len(handles) > PACK_LIMIT_BYTES:
+            return ("mix", *handles)
+        return ("mix_packed", ray.put(np.stack(ray.get(list(handles)))))
+
     def attack(self, workers, honest, t) -> StepResult:
-        calls = {j: self.actors[j].attack.remote(list(honest), t) for j in workers if self._free(j)}
+        calls = {j: self.actors[j].attack.remote(t, *honest) for j in workers if self._free(j)}
         return self._collect(calls, None, StepResult())
 
     def _free(self, j: int) -> bool:
@@ -185,7 +211,7 @@ class RayBackend:
         return self.call_each({j: (method, *args) for j in workers})
 
     def call_each(self, calls) -> dict[int, Any]:
-        refs = {j: self.actors[j].call.remote(*spec) for j, spec in calls.items()}
+        refs = {j: self._submit(j, spec) for j, spec in calls.items()}
         out = {}
         for j, ref in refs.items():
             deadline = time.monotonic() + self.config.backend.start_timeout_s
@@ -198,8 +224,14 @@ class RayBackend:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
-                    ref = self.actors[j].call.remote(*calls[j])
+                    ref = self._submit(j, calls[j])
         return out
+
+    def _submit(self, j: int, spec: tuple):
+        method, *args = spec
+        if method == "receive":
+            return self.actors[j].receive.remote(*_flat(args[0]))
+        return self.actors[j].call.remote(method, *args)
 
     def fetch(self, handles) -> list[np.ndarray]:
         return list(ray.get(list(handles)))

@@ -1,0 +1,69 @@
+"""Smoke test of bench/robustness.py: a 2 attacks x 2 rules slice of the benchmark, few rounds, one seed."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_robustness", ROOT / "bench" / "robustness.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def base(bench):
+    from cluster.config import load
+
+    return load(bench.DEFAULT_CONFIG)
+
+
+def test_cells_table_and_ranking(bench, base):
+    attacks, rules = ["sign_flip", "gaussian"], ["server+mean", "monna"]
+    lines = []
+    cells = bench.run_benchmark(base, attacks, rules, seeds=[0], rounds=100, log=lines.append)
+    assert set(cells) == {(a, r) for a in attacks for r in rules}
+    assert len(lines) == 4  # one progress line per cell
+    acc = {key: cell["mean"] for key, cell in cells.items()}
+
+    # MoNNA learns despite sign flipping, and Gaussian noise does not move it (NNA drops the noise) ...
+    assert acc[("sign_flip", "monna")] >= 0.8
+    assert acc[("gaussian", "monna")] >= 0.8
+    # ... while the attacks are real: Gaussian noise (sigma 200) costs D-SGD a large part of its accuracy.
+    assert acc[("sign_flip", "monna")] > acc[("gaussian", "server+mean")] + 0.2
+    assert acc[("gaussian", "monna")] > acc[("gaussian", "server+mean")] + 0.2
+    for cell in cells.values():
+        assert 0.0 <= cell["worst_min"] <= cell["min"] <= cell["mean"] <= 1.0
+
+    table = bench.format_table(cells, attacks, rules)
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| attack | server+mean | monna |"
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| sign_flip", "| gaussian", "| **worst case**"]
+    worst = bench.worst_cases(cells, attacks, rules)
+    assert worst["server+mean"]["attack"] == "gaussian"
+    assert worst["monna"]["mean"] == min(cells[(a, "monna")]["mean"] for a in attacks)
+
+
+def test_attack_none_means_no_byzantine_and_configs(bench, base):
+    none = bench.cell_config(base, "none", "monna", seed=1, rounds=5)
+    assert none.byzantine.count == 0 and none.training.workers == 10 and none.training.f == 3
+    assert none.seed == 1 and none.training.rounds == 5
+    cwtm = bench.cell_config(base, "alie", "server+nnm+cwtm", seed=0)
+    assert (cwtm.training.protocol, cwtm.training.rule, cwtm.training.pre) == ("server", "cwtm", ("nnm",))
+    assert cwtm.byzantine.count == 3 and cwtm.byzantine.behaviour == "alie"
+    with pytest.raises(ValueError, match="unknown attack"):
+        bench.cell_config(base, "teleport", "monna", seed=0)
+
+
+def test_shared_attack_backend_is_bit_identical(bench, base):
+    # The benchmark computes a deterministic attack once per round for the 3 attackers.
+    assert bench.check_shared_attack(base, "alie_optimized", "server+cwtm", rounds=3)
