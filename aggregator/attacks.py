@@ -373,10 +373,16 @@ def best_factor(
             candidates.append(alie_z_max(honest.shape[0] + num_byzantine, f))
         except ValueError:
             pass  # z_max infinite: no finite default to compare against
-        make = _alie_vector
+        mu, sd = _mean(honest), _std(honest)  # once per search, not once per candidate
+
+        def make(h, x):
+            return (mu - x * sd).to(h.dtype)
     else:
         candidates.append(0.1)
-        make = _foe_vector
+        mu = _mean(honest)
+
+        def make(h, x):
+            return (-x * mu).to(h.dtype)
     with torch.no_grad():
         return _line_search(
             lambda x: attack_distance(honest, make(honest, x), defense, num_byzantine), candidates, refine
