@@ -124,7 +124,8 @@ class RayBackend:
             raise RuntimeError(
                 f"{len(specs)} worker actors did not start within {be.start_timeout_s:.0f}s: each asks for "
                 f"num_cpus={num_cpus}, num_gpus={be.num_gpus}; the cluster has {ray.cluster_resources()}. "
-                "Lower backend.num_cpus/num_gpus (0 = share the CPUs evenly) or add nodes."
+                "Lower backend.num_cpus/num_gpus (0 = share the CPUs evenly), add nodes, or raise "
+                "backend.start_timeout_s (many actors on few CPUs start slowly)."
             ) from None
         log.info("ray backend: %d worker actors ready (num_cpus=%.3g each)", len(self.actors), num_cpus)
 
