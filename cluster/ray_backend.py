@@ -73,7 +73,7 @@ def _incoming(kind: str | None, payload: tuple):
     if kind is None:
         return None
     if kind == "mix_packed":  # one (n, d) array holding every row, in order
-        return "mix", list(payload[0])
+        return "mix", payload[0]
     return (kind, list(payload)) if kind == "mix" else (kind, payload[0])
 
 

@@ -167,7 +167,10 @@ class Worker:
         if kind == "set":
             self.theta = _to_tensor(payload, self.device)
         elif kind == "mix":
-            vectors = torch.stack([_to_tensor(v, self.device) for v in payload])
+            if isinstance(payload, np.ndarray) and payload.ndim == 2:
+                vectors = _to_tensor(payload, self.device)  # already stacked: one copy, not n
+            else:
+                vectors = torch.stack([_to_tensor(v, self.device) for v in payload])
             # Absent workers shrink the round: never declare more than the rule tolerates (n > 2f).
             f = min(self.spec.f, max(0, (vectors.shape[0] - 1) // 2))
             self.theta = aggregate(
