@@ -63,6 +63,14 @@ def check_real(name: str, param: str, value, *, minimum: float = 0.0, strict: bo
 _MAX_F = {"n > f": lambda n: n - 1, "n > 2f": lambda n: (n - 1) // 2, "n > 2f + 2": lambda n: (n - 3) // 2}
 
 
+_REQUIREMENTS = {"mean": "n > f", "krum": "n > 2f + 2", "multikrum": "n > 2f + 2"}  # every other rule: n > 2f
+
+
+def max_f(rule: str, n: int) -> int:
+    """The largest ``f`` that ``rule`` accepts for ``n`` vectors (a round with absent workers is smaller)."""
+    return max(0, _MAX_F[_REQUIREMENTS.get(rule.lower(), "n > 2f")](n))
+
+
 def _start(name: str, vectors, f, pivot, requirement: str) -> tuple[int, int]:
     """Shared checks: vectors, ``f`` against the rule's requirement, the pivot's shape if given."""
     check_vectors(vectors)

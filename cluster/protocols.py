@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from aggregator import aggregate
-from nodes.worker import initial_parameters, learning_rate
+from nodes.worker import initial_parameters, learning_rate, seeded_pre, tolerated_f
 
 from .backends import Backend
 from .plan import RunPlan, stage_rounds, stage_start
@@ -100,8 +100,9 @@ class Session:
     def _server_update(self, group: int, handles: list, t: int) -> None:
         cfg = self.plan.config.training
         stacked = torch.from_numpy(np.stack(self.backend.fetch(handles)))
-        f = min(cfg.f, max(0, (stacked.shape[0] - 1) // 2))
-        update = aggregate(stacked, cfg.rule, f=f, pre=cfg.pre, **dict(cfg.rule_params))
+        f = tolerated_f(cfg.rule, cfg.pre, stacked.shape[0], cfg.f)  # absent workers shrink the round
+        pre = seeded_pre(cfg.pre, self.plan.config.seed, "pre", "server", group, t)
+        update = aggregate(stacked, cfg.rule, f=f, pre=pre, **dict(cfg.rule_params))
         spec = self.plan.specs[self.plan.group_workers(group)[0]]
         theta = self.server_theta[group] - learning_rate(spec, t) * update
         self.server_theta[group] = theta

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aggregator import aggregate, get_attack
+from aggregator import aggregate, get_attack, max_f
 
 from .models import build_model, flat_parameters, load_flat_parameters
 from .seeding import derive_seed, generator
@@ -77,6 +77,29 @@ class WorkerSpec:
         return None if self.trains else self.behaviour
 
 
+def seeded_pre(pre: tuple, seed: int, *parts: object) -> tuple:
+    """``pre`` with a generator seeded by ``(seed, *parts)`` given to every randomised step (bucketing),
+    so its shuffle is reproducible on every backend and in every replay."""
+    out = []
+    for step in pre:
+        name, params = (step, {}) if isinstance(step, str) else (step[0], dict(step[1]))
+        if name == "bucketing" and "generator" not in params:
+            params["generator"] = generator(seed, *parts, name)
+        out.append((name, params) if params else name)
+    return tuple(out)
+
+
+def tolerated_f(rule: str, pre: tuple, n: int, f: int) -> int:
+    """The declared ``f``, capped at what ``rule`` accepts for the rows it will see: a round with absent
+    workers is smaller, and bucketing shrinks ``n`` rows to ``ceil(n / bucket_size)``."""
+    rows = n
+    for step in pre:
+        name, params = (step, {}) if isinstance(step, str) else step
+        if name == "bucketing":
+            rows = math.ceil(rows / int(params.get("bucket_size", 2)))
+    return min(f, max_f(rule, rows))
+
+
 def learning_rate(spec: WorkerSpec, t: int) -> float:
     """The step size at round ``t``: ``constant``, ``cosine`` (to 0 at the last round) or ``step`` (x0.1 at 50% and 75%)."""
     if spec.lr_schedule == "constant":
@@ -118,6 +141,7 @@ class Worker:
         self.momentum = torch.zeros_like(self.theta)
         self.half = self.theta.clone()
         self._data_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._last_round = -1  # the round whose messages a pending mix holds
 
     # ----- state ---------------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:
@@ -171,11 +195,11 @@ class Worker:
                 vectors = _to_tensor(payload, self.device)  # already stacked: one copy, not n
             else:
                 vectors = torch.stack([_to_tensor(v, self.device) for v in payload])
-            # Absent workers shrink the round: never declare more than the rule tolerates (n > 2f).
-            f = min(self.spec.f, max(0, (vectors.shape[0] - 1) // 2))
-            self.theta = aggregate(
-                vectors, self.spec.rule, f=f, pivot=self.half, pre=self.spec.pre, **dict(self.spec.rule_params)
-            )
+            # Absent workers shrink the round: never declare more than the rule tolerates.
+            f = tolerated_f(self.spec.rule, self.spec.pre, vectors.shape[0], self.spec.f)
+            pre = seeded_pre(self.spec.pre, self.spec.seed, "pre", self.spec.index, self._last_round)
+            self.theta = aggregate(vectors, self.spec.rule, f=f, pivot=self.half, pre=pre,
+                                   **dict(self.spec.rule_params))
         else:
             raise ValueError(f"unknown incoming message kind {kind!r}")
 
@@ -185,6 +209,7 @@ class Worker:
         Returns ``None`` when this worker does not answer (a crashed worker, or one with no data).
         """
         self.receive(incoming)
+        self._last_round = t
         behaviour = self.spec.behaviour
         if behaviour == "crash" and t >= int(self.spec.behaviour_params.get("round", 0)):
             return None

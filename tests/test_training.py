@@ -108,3 +108,17 @@ def test_straggler_misses_the_round_deadline(tmp_path):
     failures = [f for m in lines for f in m["failures"]]
     assert [(f["round"], f["worker"], f["reason"]) for f in failures] == [
         (t, 5, "missed deadline") for t in range(6)]
+
+
+def test_bucketing_is_seeded_and_a_shrunken_round_keeps_training(tmp_path):
+    """Randomised pre-aggregation is reproducible, and crashed workers never make the rule refuse its f."""
+    config = small_config(training={"protocol": "server", "rule": "cwtm", "workers": 9, "f": 2, "rounds": 30,
+                                    "eval_every": 30, "pre": [{"name": "bucketing", "bucket_size": 2}]},
+                          byzantine={"count": 2, "behaviour": "crash", "params": {"round": 2}})
+    a = train(config, tmp_path / "a", progress=False)
+    b = train(config, progress=False)
+    assert a.summary["worker_digests"] == b.summary["worker_digests"]
+    assert len(a.summary["worker_digests"]) == 7
+    assert a.summary["failures"] == 2 * 28  # both crashed workers absent from round 2 on
+    c = train(config.replace(seed=5), progress=False)
+    assert c.summary["worker_digests"] != a.summary["worker_digests"]
