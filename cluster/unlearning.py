@@ -23,16 +23,15 @@ import os
 import time
 from typing import Iterable, Mapping
 
-import numpy as np
 
 from nodes.models import parameter_digest
 from nodes.seeding import set_deterministic
 from nodes.shard_store import ShardStore
 
 from .backends import Backend, make_backend
-from .checkpoints import CheckpointStore, file_sha256, fsync_dir
+from .checkpoints import CheckpointStore, fsync_dir
 from .config import Config, load
-from .plan import RunPlan, make_plan, stage_rounds
+from .plan import RunPlan, make_plan
 from .protocols import Session, elapsed
 from .training import _tensor, _write_json, served_worker, train
 
