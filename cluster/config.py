@@ -313,7 +313,7 @@ def _check_rule_call(config: Config) -> None:
     """Call the configured rule and attack once on small dummy vectors, so bad params fail now."""
     import torch
 
-    from aggregator import aggregate, get_attack
+    from aggregator import ATTACKS, aggregate, get_attack
 
     t, b = config.training, config.byzantine
     n = t.workers
@@ -322,7 +322,7 @@ def _check_rule_call(config: Config) -> None:
         aggregate(vectors, t.rule, f=t.f, pivot=vectors[0], pre=t.pre, **dict(t.rule_params))
     except ValueError as exc:
         raise ConfigError(f"training.rule / training.rule_params / training.pre: {exc}") from None
-    if b.count and b.behaviour in _attack_names():
+    if b.count and b.behaviour in ATTACKS:
         params = dict(b.params)
         params.pop("num_byzantine", None)
         try:
@@ -332,12 +332,6 @@ def _check_rule_call(config: Config) -> None:
             )
         except ValueError as exc:
             raise ConfigError(f"byzantine.params: {exc}") from None
-
-
-def _attack_names():
-    from aggregator import ATTACKS
-
-    return ATTACKS
 
 
 def _choice(key: str, value: str, allowed) -> None:

@@ -141,8 +141,8 @@ def make_summary(plan: RunPlan, session: Session, params: dict[int, np.ndarray],
         "wall_time_s": wall_s,
         "gradient_evaluations": int(sum(session.gradient_evaluations.values())),
         "failures": failures,
-        "worker_digests": {str(j): parameter_digest(_tensor(th)) for j, th in sorted(params.items())},
-        "group_digests": {str(g): parameter_digest(_tensor(params[served[g]])) for g in plan.groups},
+        "worker_digests": {str(j): parameter_digest(as_tensor(th)) for j, th in sorted(params.items())},
+        "group_digests": {str(g): parameter_digest(as_tensor(params[served[g]])) for g in plan.groups},
         "served_workers": {str(g): j for g, j in served.items()},
         "train_samples": int(sum(len(d.ids) for d in plan.data.values())),
         "test_samples": int(len(plan.test_labels)),
@@ -150,7 +150,7 @@ def make_summary(plan: RunPlan, session: Session, params: dict[int, np.ndarray],
     }
 
 
-def _tensor(array: np.ndarray):
+def as_tensor(array: np.ndarray):
     import torch
 
     return torch.from_numpy(np.array(array, dtype=np.float32))

@@ -33,7 +33,7 @@ from .checkpoints import CheckpointStore, fsync_dir
 from .config import Config, load
 from .plan import RunPlan, make_plan
 from .protocols import Session, elapsed
-from .training import _tensor, _write_json, served_worker, train
+from .training import as_tensor, _write_json, served_worker, train
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _replay_and_publish(state_dir: str, config: Config, state: dict, plan: RunPl
     worker_digests = dict(state["worker_digests"])
     group_digests = dict(state["group_digests"])
     for j, theta in params.items():
-        worker_digests[str(j)] = parameter_digest(_tensor(theta))
+        worker_digests[str(j)] = parameter_digest(as_tensor(theta))
     for g in groups:
         group_digests[str(g)] = worker_digests[str(served_worker(plan, g))]
     version = state["model_version"] + 1

@@ -111,16 +111,14 @@ def learning_rate(spec: WorkerSpec, t: int) -> float:
     raise ValueError(f"unknown lr_schedule {spec.lr_schedule!r}; known: constant, cosine, step")
 
 
+def spec_model(spec: WorkerSpec) -> torch.nn.Module:
+    """The worker's model; every worker of a group starts from the same draw, ``(seed, "init", group)``."""
+    return build_model(spec.model, input_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
+                       seed=derive_seed(spec.seed, "init", spec.group), **dict(spec.model_params))
+
+
 def initial_parameters(spec: WorkerSpec) -> torch.Tensor:
-    """Every worker of a group starts from the same parameters, drawn from ``(seed, "init", group)``."""
-    model = build_model(
-        spec.model,
-        input_shape=tuple(spec.input_shape),
-        num_classes=spec.num_classes,
-        seed=derive_seed(spec.seed, "init", spec.group),
-        **dict(spec.model_params),
-    )
-    return flat_parameters(model)
+    return flat_parameters(spec_model(spec))
 
 
 class Worker:
@@ -130,13 +128,7 @@ class Worker:
         self.spec = spec
         self.store = store
         self.device = torch.device(spec.device)
-        self.model = build_model(
-            spec.model,
-            input_shape=tuple(spec.input_shape),
-            num_classes=spec.num_classes,
-            seed=derive_seed(spec.seed, "init", spec.group),
-            **dict(spec.model_params),
-        ).to(self.device)
+        self.model = spec_model(spec).to(self.device)
         self.theta = flat_parameters(self.model).to(self.device)
         self.momentum = torch.zeros_like(self.theta)
         self.half = self.theta.clone()
@@ -284,8 +276,7 @@ def evaluate(spec: WorkerSpec, theta: np.ndarray, features: np.ndarray, labels: 
 
 
 def probabilities_model(spec: WorkerSpec, theta: np.ndarray) -> torch.nn.Module:
-    model = build_model(spec.model, input_shape=tuple(spec.input_shape), num_classes=spec.num_classes,
-                        seed=0, **dict(spec.model_params))
+    model = spec_model(spec)
     load_flat_parameters(model, _to_tensor(theta, torch.device("cpu")))
     model.eval()
     return model
