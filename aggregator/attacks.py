@@ -134,8 +134,11 @@ def sign_flip(honest, *, f=0, num_byzantine=1, defense=None, generator=None, **p
     return (-_mean(honest)).to(honest.dtype)
 
 
-def _alie_vector(honest: torch.Tensor, tau: float) -> torch.Tensor:
-    return (_mean(honest) - tau * _std(honest)).to(honest.dtype)
+def _alie_vector(honest: torch.Tensor, tau: float, mu=None, sd=None) -> torch.Tensor:
+    # mu/sd may be passed in precomputed: a line search evaluates many factors on the same rows.
+    mu = _mean(honest) if mu is None else mu
+    sd = _std(honest) if sd is None else sd
+    return (mu - tau * sd).to(honest.dtype)
 
 
 @register_attack("alie")
@@ -155,8 +158,8 @@ def alie(honest, *, f=0, num_byzantine=1, defense=None, generator=None, tau=None
     return _alie_vector(honest, tau)
 
 
-def _foe_vector(honest: torch.Tensor, eps: float) -> torch.Tensor:
-    return (-eps * _mean(honest)).to(honest.dtype)
+def _foe_vector(honest: torch.Tensor, eps: float, mu=None) -> torch.Tensor:
+    return (-eps * (_mean(honest) if mu is None else mu)).to(honest.dtype)
 
 
 @register_attack("foe")
@@ -376,13 +379,13 @@ def best_factor(
         mu, sd = _mean(honest), _std(honest)  # once per search, not once per candidate
 
         def make(h, x):
-            return (mu - x * sd).to(h.dtype)
+            return _alie_vector(h, x, mu, sd)
     else:
         candidates.append(0.1)
         mu = _mean(honest)
 
         def make(h, x):
-            return (-x * mu).to(h.dtype)
+            return _foe_vector(h, x, mu)
     with torch.no_grad():
         return _line_search(
             lambda x: attack_distance(honest, make(honest, x), defense, num_byzantine), candidates, refine

@@ -112,7 +112,7 @@ class LocalBackend:
         return result
 
     def call(self, workers, method, *args) -> dict[int, Any]:
-        return {j: getattr(self.workers[j], method)(*args) for j in workers}
+        return self.call_each({j: (method, *args) for j in workers})
 
     def call_each(self, calls) -> dict[int, Any]:
         return {j: getattr(self.workers[j], method)(*args) for j, (method, *args) in calls.items()}

@@ -18,7 +18,7 @@ import numpy as np
 
 from nodes.data import Dataset, load_dataset
 from nodes.partition import place
-from nodes.worker import HONEST, WorkerSpec
+from nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec
 
 from .backends import WorkerData
 from .config import Config
@@ -86,7 +86,7 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
         byzantine = position >= t.workers - b.count
         behaviour = b.behaviour if byzantine else HONEST
         params = dict(b.params) if byzantine else {}
-        if byzantine and behaviour not in ("label_flip", "crash", "straggler"):
+        if byzantine and behaviour not in WORKER_BEHAVIOURS:  # attacks need the Byzantine head count
             params["num_byzantine"] = b.count
         specs.append(WorkerSpec(
             index=j, group=group, seed=config.seed, model=config.model.name,

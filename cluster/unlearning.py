@@ -143,15 +143,16 @@ def unlearn_state_dir(state_dir: str | os.PathLike, ids: Iterable[str], mode: st
     for j, worker_ids in sorted(by_worker.items()):
         ShardStore.from_arrays(*(getattr(plan.data[j], a) for a in ("ids", "features", "labels", "slices")),
                                path=plan.data[j].store_path).delete(worker_ids)
-    return _replay_and_publish(state_dir, config, state, plan, pending, backend, began)
+    return _replay_and_publish(state_dir, config, state, plan, pending, backend, began, where)
 
 
 def _replay_and_publish(state_dir: str, config: Config, state: dict, plan: RunPlan, pending: dict,
-                        backend: Backend | None, began: float) -> dict:
+                        backend: Backend | None, began: float, where: Mapping | None = None) -> dict:
     groups = {int(g): k for g, k in pending["groups"].items()}
     checkpoints = CheckpointStore(state_dir)
     backend = backend or make_backend(config)
     specs = [s for s in plan.specs if s.group in groups]
+    data_digests: dict[tuple[int, int], str] = {}
     try:
         backend.start(specs, plan.data)  # stores re-open from disk: tombstones applied
         session = Session(plan, backend)
@@ -162,7 +163,8 @@ def _replay_and_publish(state_dir: str, config: Config, state: dict, plan: RunPl
                     session.load_states(checkpoints.states(g, stage - 1))
             active = sorted(g for g, k in groups.items() if k <= stage)
             session.run_stage(active, stage)
-            checkpoints.save_stage(plan, session, active, stage, suffix=REPLAY_SUFFIX)
+            for g, info in checkpoints.save_stage(plan, session, active, stage, suffix=REPLAY_SUFFIX).items():
+                data_digests[(g, stage)] = info["data_digest"]
         session.flush(sorted(groups))
         params = session.honest_parameters(sorted(groups))
         replay_cost = int(sum(session.gradient_evaluations.values()))
@@ -175,8 +177,7 @@ def _replay_and_publish(state_dir: str, config: Config, state: dict, plan: RunPl
     for g, k in sorted(groups.items()):
         for stage in range(k, config.unlearning.slices):
             sha = checkpoints.promote(g, stage, REPLAY_SUFFIX)
-            payload_digest = checkpoints.load(g, stage)["data_digest"]
-            index[f"{g}/{stage}"] = {"data_digest": payload_digest, "sha256": sha}
+            index[f"{g}/{stage}"] = {"data_digest": data_digests[(g, stage)], "sha256": sha}
     worker_digests = dict(state["worker_digests"])
     group_digests = dict(state["group_digests"])
     for j, theta in params.items():
@@ -184,8 +185,7 @@ def _replay_and_publish(state_dir: str, config: Config, state: dict, plan: RunPl
     for g in groups:
         group_digests[str(g)] = worker_digests[str(served_worker(plan, g))]
     version = state["model_version"] + 1
-    where = locate(plan)
-    cert = _certificate_base(pending["requested"], where, state)
+    cert = _certificate_base(pending["requested"], where or locate(plan), state)
     cert.update({
         "status": "deleted",
         "deleted": pending["ids"],

@@ -113,9 +113,17 @@ def test_restarted_actor_never_sees_a_deleted_sample(tmp_path):
         backend.shutdown()
 
 
-def test_bad_config_fails_before_any_actor_starts():
-    before = len(ray.util.list_named_actors(all_namespaces=True)) if hasattr(ray.util, "list_named_actors") else 0
+def test_bad_config_fails_before_any_actor_starts(tmp_path, capsys):
+    from ray._private import state as ray_state  # the public state API needs the dashboard
+
+    from cluster.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text('[training]\nworkers = 6\nf = 1\n[backend]\nname = "ray"\n')
+    before = len(ray_state.actors())
+    assert main(["train", "-c", str(config), "-o", str(tmp_path / "out"), "--set", "training.f=3"]) == 2
+    assert "training.f" in capsys.readouterr().err
+    assert len(ray_state.actors()) == before
+    assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="training.f"):
         on_ray(small_config()).replace(**{"training.f": 3})
-    assert ray.is_initialized()
-    assert len(ray.util.list_named_actors(all_namespaces=True)) == before
