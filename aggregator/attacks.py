@@ -12,8 +12,8 @@ built by the caller, e.g. ``lambda v: aggregate(v, "cwtm", f=3)``; only the
 optimised attacks need it. Attacks never modify ``honest``, return its dtype and
 device, and refuse unknown or bad parameters with ``ValueError``.
 
-This module imports only :mod:`aggregator.registry` and
-:mod:`aggregator.validation`, never the rules, so ``aggregator/__init__`` can
+This module imports only :mod:`ostracon.aggregator.registry` and
+:mod:`ostracon.aggregator.validation`, never the rules, so ``aggregator/__init__`` can
 import it in any order.
 """
 

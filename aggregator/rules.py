@@ -12,7 +12,7 @@ returns the input's dtype and device, and is invariant to the order of the
 rows (for a fixed pivot). Rules run under ``torch.no_grad()``: a selection is
 not differentiable, and the work buffers are written in place.
 
-Non-finite input (see :mod:`aggregator.distances`): distance-based rules treat
+Non-finite input (see :mod:`ostracon.aggregator.distances`): distance-based rules treat
 a row holding a NaN/inf, or whose squared norm overflows, as infinitely far;
 coordinate-wise rules order NaN as ``+inf`` per coordinate. With at most ``f``
 such rows every rule except ``mean`` returns a finite vector. With more, the

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from aggregator import get_pre_aggregation, get_rule  # noqa: E402
+from ostracon.aggregator import get_pre_aggregation, get_rule  # noqa: E402
 
 RULE_NAMES = [
     "mean", "cwmed", "cwtm", "meamed", "krum", "multikrum", "geometric_median", "centered_clipping", "mda", "nna",

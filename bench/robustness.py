@@ -57,10 +57,10 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cluster.backends import LocalBackend, StepResult  # noqa: E402
-from cluster.config import Config, load  # noqa: E402
-from cluster.plan import load_config_dataset  # noqa: E402
-from cluster.training import train  # noqa: E402
+from ostracon.cluster.backends import LocalBackend, StepResult  # noqa: E402
+from ostracon.cluster.config import Config, load  # noqa: E402
+from ostracon.cluster.plan import load_config_dataset  # noqa: E402
+from ostracon.cluster.training import train  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "robustness.toml"
 DEFAULT_OUT = ROOT / "bench" / "results" / "robustness.md"

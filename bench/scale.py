@@ -21,8 +21,8 @@ import time
 import ray
 import torch
 
-from cluster.config import from_dict
-from cluster.training import train
+from ostracon.cluster.config import from_dict
+from ostracon.cluster.training import train
 
 
 def round_times(config) -> tuple[list[float], float, float]:

@@ -20,8 +20,8 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from nodes.shard_store import ShardStore
-from nodes.worker import Worker, WorkerSpec
+from ostracon.nodes.shard_store import ShardStore
+from ostracon.nodes.worker import Worker, WorkerSpec
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 PROTOCOLS = ("monna", "server")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -244,10 +249,10 @@ def _pre_entry(key: str, value: Any):
 
 def validate(config: Config) -> None:
     """Semantic checks that need no I/O beyond a file's existence; each error names its key."""
-    from aggregator import ATTACKS, PRE_AGGREGATIONS, RULES
-    from nodes.data import SOURCES
-    from nodes.models import MODELS
-    from nodes.worker import HONEST, WORKER_BEHAVIOURS
+    from ostracon.aggregator import ATTACKS, PRE_AGGREGATIONS, RULES
+    from ostracon.nodes.data import SOURCES
+    from ostracon.nodes.models import MODELS
+    from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS
 
     d, m, t, b, u, be = (config.data, config.model, config.training, config.byzantine,
                          config.unlearning, config.backend)
@@ -313,7 +318,7 @@ def _check_rule_call(config: Config) -> None:
     """Call the configured rule and attack once on small dummy vectors, so bad params fail now."""
     import torch
 
-    from aggregator import ATTACKS, aggregate, get_attack
+    from ostracon.aggregator import ATTACKS, aggregate, get_attack
 
     t, b = config.training, config.byzantine
     n = t.workers

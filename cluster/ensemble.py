@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nodes.worker import WorkerSpec, probabilities_model
+from ostracon.nodes.worker import WorkerSpec, probabilities_model
 
 
 def predict(specs: Sequence[WorkerSpec], thetas: Sequence[np.ndarray], features: np.ndarray,

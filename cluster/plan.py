@@ -3,7 +3,7 @@
 Global worker ``j`` belongs to group ``j // m`` (``m = training.workers``);
 the last ``byzantine.count`` workers of every group are Byzantine. Every
 sample's placement (test split, worker, slice) is a function of its id,
-label and the seed (``nodes.partition.place``), so a run on the data without
+label and the seed (``ostracon.nodes.partition.place``), so a run on the data without
 some ids puts every other sample exactly where it was.
 """
 
@@ -16,9 +16,9 @@ from typing import Iterable
 
 import numpy as np
 
-from nodes.data import Dataset, load_dataset
-from nodes.partition import place
-from nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec
+from ostracon.nodes.data import Dataset, load_dataset
+from ostracon.nodes.partition import place
+from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec
 
 from .backends import WorkerData
 from .config import Config

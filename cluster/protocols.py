@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from aggregator import aggregate
-from nodes.worker import initial_parameters, learning_rate, seeded_pre, tolerated_f
+from ostracon.aggregator import aggregate
+from ostracon.nodes.worker import initial_parameters, learning_rate, seeded_pre, tolerated_f
 
 from .backends import Backend
 from .plan import RunPlan, stage_rounds, stage_start

@@ -19,8 +19,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from nodes.seeding import set_deterministic
-from nodes.worker import WorkerSpec
+from ostracon.nodes.seeding import set_deterministic
+from ostracon.nodes.worker import WorkerSpec
 
 from .backends import StepResult, WorkerData, build_worker
 
@@ -31,7 +31,7 @@ PACK_LIMIT_BYTES = 8 << 20  # a group's vectors up to this size travel as one st
 
 
 class WorkerActor:
-    """Hosts one :class:`nodes.worker.Worker`; resolves the object refs inside incoming messages."""
+    """Hosts one :class:`ostracon.nodes.worker.Worker`; resolves the object refs inside incoming messages."""
 
     def __init__(self, spec: WorkerSpec, data: WorkerData, deterministic: bool, threads: int):
         if deterministic:

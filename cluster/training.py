@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from nodes.models import parameter_digest
-from nodes.seeding import set_deterministic
-from nodes.worker import evaluate
+from ostracon.nodes.models import parameter_digest
+from ostracon.nodes.seeding import set_deterministic
+from ostracon.nodes.worker import evaluate
 
 from .backends import Backend, make_backend
 from .checkpoints import CheckpointStore

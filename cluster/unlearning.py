@@ -24,9 +24,9 @@ import time
 from typing import Iterable, Mapping
 
 
-from nodes.models import parameter_digest
-from nodes.seeding import set_deterministic
-from nodes.shard_store import ShardStore
+from ostracon.nodes.models import parameter_digest
+from ostracon.nodes.seeding import set_deterministic
+from ostracon.nodes.shard_store import ShardStore
 
 from .backends import Backend, make_backend
 from .checkpoints import CheckpointStore, fsync_dir

@@ -1,7 +1,7 @@
 """Data sources: every dataset a worker can train on, as plain numpy arrays.
 
 A :class:`Dataset` carries a stable string id per sample. Ids, not row
-positions, are what placement (``nodes.partition``), the shard store and
+positions, are what placement (``ostracon.nodes.partition``), the shard store and
 deletion requests refer to, so they must not change when rows are added,
 removed or reordered.
 
@@ -29,7 +29,7 @@ For the image sources, param ``split`` is ``"train"``, ``"test"`` or ``"all"``
 (default: both, concatenated); ids are ``"train-<i>"`` / ``"test-<i>"`` with
 ``i`` the index inside the official split file(s), so an id means the same
 sample whichever split was loaded. The held-out set of a run is chosen by
-``nodes.partition`` (hash of the id), not by the official split.
+``ostracon.nodes.partition`` (hash of the id), not by the official split.
 
 ``samples`` on a non-synthetic source keeps the first ``samples`` rows (ids
 unchanged). ``classes`` overrides ``num_classes`` (must exceed every label).

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aggregator import aggregate, get_attack, max_f
+from ostracon.aggregator import aggregate, get_attack, max_f
 
 from .models import build_model, flat_parameters, load_flat_parameters
 from .seeding import derive_seed, generator

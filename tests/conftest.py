@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cluster.config import Config, from_dict
+from ostracon.cluster.config import Config, from_dict
 
 # Tests run the in-process backend in this process: pin threads like the workers do.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -8,8 +8,8 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from aggregator import aggregate, attacks  # importing the package registers the real rules
-from aggregator.registry import ATTACKS, get_attack, get_rule
+from ostracon.aggregator import aggregate, attacks  # importing the package registers the real rules
+from ostracon.aggregator.registry import ATTACKS, get_attack, get_rule
 
 ALL = ["sign_flip", "alie", "foe", "mimic", "gaussian", "inf", "nan", "alie_optimized", "foe_optimized"]
 OPTIMISED = ["alie_optimized", "foe_optimized"]

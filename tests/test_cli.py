@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from cluster.cli import main
-from nodes.data import load_dataset
+from ostracon.cluster.cli import main
+from ostracon.nodes.data import load_dataset
 
 CONFIG = """
 seed = 3
@@ -52,9 +52,9 @@ def write_config(tmp_path, data_path, name="run.toml"):
 
 
 def test_version_and_help():
-    out = subprocess.run([sys.executable, "-m", "cluster.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "ostracon.cluster.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("ostracon ")
-    out = subprocess.run([sys.executable, "-m", "cluster.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "ostracon.cluster.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     for command in ("train", "unlearn", "verify", "bench", "demo"):
         assert command in out.stdout
@@ -69,9 +69,9 @@ def test_train_unlearn_verify_matches_retraining_on_the_reduced_file(tmp_path, n
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "honest test accuracy" in done.stdout
-    from cluster.config import load
-    from cluster.unlearning import locate
-    from cluster.plan import make_plan
+    from ostracon.cluster.config import load
+    from ostracon.cluster.unlearning import locate
+    from ostracon.cluster.plan import make_plan
 
     train_ids = sorted(locate(make_plan(load(config))))
     rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cluster.config import Config, ConfigError, from_dict, load, parse_overrides
+from ostracon.cluster.config import Config, ConfigError, from_dict, load, parse_overrides
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
@@ -16,7 +16,7 @@ def test_defaults_are_valid_and_round_trip(tmp_path):
 
 
 def test_example_configs_load():
-    from cluster.cli import EXAMPLES_DIR
+    from ostracon.cluster.cli import EXAMPLES_DIR
     import os
 
     names = [n for n in os.listdir(EXAMPLES_DIR) if n.endswith(".toml")]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.data import SOURCES, Dataset, load_cifar_batch, load_dataset, read_idx
+from ostracon.nodes.data import SOURCES, Dataset, load_cifar_batch, load_dataset, read_idx
 
 
 # --------------------------------------------------------------------- digits / synthetic

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 
-from nodes.models import MODELS, build_model, flat_parameters, load_flat_parameters, parameter_digest
+from ostracon.nodes.models import MODELS, build_model, flat_parameters, load_flat_parameters, parameter_digest
 
 # (name, input shape, params) kept small so the whole file runs in a few seconds.
 CASES = [

@@ -37,8 +37,8 @@ import time
 import pytest
 import ray
 
-from cluster.config import load
-from cluster.training import train
+from ostracon.cluster.config import load
+from ostracon.cluster.training import train
 
 BIN = os.path.dirname(sys.executable)
 RAY = os.path.join(BIN, "ray") if os.path.exists(os.path.join(BIN, "ray")) else shutil.which("ray")

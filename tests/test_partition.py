@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodes.partition import PARTITIONS, place, unit_hash
+from ostracon.nodes.partition import PARTITIONS, place, unit_hash
 
 NUM_CLASSES = 10
 

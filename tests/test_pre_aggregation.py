@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from aggregator import PRE_AGGREGATIONS, aggregate, get_pre_aggregation
+from ostracon.aggregator import PRE_AGGREGATIONS, aggregate, get_pre_aggregation
 
 T = torch.float64
 

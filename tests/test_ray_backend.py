@@ -10,11 +10,11 @@ import pytest
 import ray
 import torch
 
-from cluster.config import ConfigError
-from cluster.plan import load_config_dataset, make_plan
-from cluster.ray_backend import RayBackend
-from cluster.training import train
-from cluster.unlearning import locate, unlearn_state_dir
+from ostracon.cluster.config import ConfigError
+from ostracon.cluster.plan import load_config_dataset, make_plan
+from ostracon.cluster.ray_backend import RayBackend
+from ostracon.cluster.training import train
+from ostracon.cluster.unlearning import locate, unlearn_state_dir
 from conftest import small_config
 from test_unlearning import SISA, final_thetas, pick_ids
 
@@ -116,7 +116,7 @@ def test_restarted_actor_never_sees_a_deleted_sample(tmp_path):
 def test_bad_config_fails_before_any_actor_starts(tmp_path, capsys):
     from ray._private import state as ray_state  # the public state API needs the dashboard
 
-    from cluster.cli import main
+    from ostracon.cluster.cli import main
 
     config = tmp_path / "c.toml"
     config.write_text('[training]\nworkers = 6\nf = 1\n[backend]\nname = "ray"\n')

@@ -22,7 +22,7 @@ def bench():
 
 @pytest.fixture(scope="module")
 def base(bench):
-    from cluster.config import load
+    from ostracon.cluster.config import load
 
     return load(bench.DEFAULT_CONFIG)
 

@@ -43,7 +43,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator import PRE_AGGREGATIONS, RULES, get_pre_aggregation, get_rule
+from ostracon.aggregator import PRE_AGGREGATIONS, RULES, get_pre_aggregation, get_rule
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = st.integers(0, 2**31)
@@ -262,6 +262,20 @@ def naive_krum_order(x: torch.Tensor, f: int) -> list[int]:
     return sorted(range(n), key=lambda i: (score[i], torch.sort(dist[i]).values.tolist(), i))
 
 
+def krum_candidates(rule: str, x: torch.Tensor, f: int) -> list[torch.Tensor]:
+    """Every output Krum / Multi-Krum may give when scores tie up to rounding: the rows (or means of n - f rows)
+    whose scores are the smallest ones within a relative 1e-9."""
+    n = x.shape[0]
+    dist = naive_sq(x)
+    score = [float(torch.sort(torch.cat([dist[i, :i], dist[i, i + 1 :]])).values[: n - f - 2].sum()) for i in range(n)]
+    k = 1 if rule == "krum" else n - f
+    cutoff = sorted(score)[k - 1]
+    tol = 1e-9 * max(1.0, abs(cutoff))
+    sure = [i for i in range(n) if score[i] < cutoff - tol]
+    tied = [i for i in range(n) if abs(score[i] - cutoff) <= tol]
+    return [x[sure + list(extra)].mean(0) for extra in itertools.combinations(tied, k - len(sure))]
+
+
 def naive(rule: str, x: torch.Tensor, f: int, pivot: torch.Tensor) -> torch.Tensor:
     n = x.shape[0]
     if rule == "mean":
@@ -311,7 +325,9 @@ def test_rules_match_their_definition(rule, seed, n, d, data):
     x = randn(seed, n, d)
     pivot = x[data.draw(st.integers(0, n - 1))]
     ours, ref = run_rule(rule, x, f, pivot), naive(rule, x, f, pivot)
-    if rule == "geometric_median":  # the minimiser need not be unique (e.g. even n in 1-D): compare objectives
+    if rule in ("krum", "multikrum"):  # exact score ties (mutual nearest neighbours) may break either way
+        assert any(torch.allclose(ours, cand, rtol=1e-10, atol=1e-10) for cand in krum_candidates(rule, x, f))
+    elif rule == "geometric_median":  # the minimiser need not be unique (e.g. even n in 1-D): compare objectives
         # Weiszfeld stops after 200 steps or a small step: within 1e-6 of the optimum's objective
         assert smoothed_objective(x, ours) <= smoothed_objective(x, ref) * (1 + 1e-6)
     else:

@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-import aggregator
-from aggregator import RULES, aggregate, distances, get_rule
-from aggregator import rules as rules_mod
+from ostracon import aggregator
+from ostracon.aggregator import RULES, aggregate, distances, get_rule
+from ostracon.aggregator import rules as rules_mod
 
 T = torch.float64
 

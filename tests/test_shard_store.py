@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.shard_store import LOG_FILE, ROWS_FILE, CorruptStoreError, ShardStore, _append_tombstones
+from ostracon.nodes.shard_store import LOG_FILE, ROWS_FILE, CorruptStoreError, ShardStore, _append_tombstones
 
 N, D = 40, 8
 

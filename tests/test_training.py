@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cluster.training import train
+from ostracon.cluster.training import train
 from conftest import small_config
 
 

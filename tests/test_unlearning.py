@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.checkpoints import CheckpointStore
-from cluster.plan import ids_digest, load_config_dataset, make_plan
-from cluster.training import train
-from cluster.unlearning import PENDING, UnlearningError, locate, unlearn_state_dir, verify_state_dir
+from ostracon.cluster.checkpoints import CheckpointStore
+from ostracon.cluster.plan import ids_digest, load_config_dataset, make_plan
+from ostracon.cluster.training import train
+from ostracon.cluster.unlearning import PENDING, UnlearningError, locate, unlearn_state_dir, verify_state_dir
 from conftest import small_config
-from nodes.shard_store import ShardStore
+from ostracon.nodes.shard_store import ShardStore
 
 # Issue acceptance: S = 2 groups, R = 4 slices, 4 workers per group of which 1 Byzantine.
 SISA = dict(training={"workers": 4, "f": 1, "rounds": 24, "eval_every": 24},
@@ -139,7 +139,7 @@ def test_deleted_data_is_gone_from_disk(tmp_path, sisa_config):
 
 def test_ids_named_only_in_tombstones_and_certificates(tmp_path):
     """With distinctive ids (user data), grep every file: only tombstones and certificates name them."""
-    from nodes.data import load_dataset
+    from ostracon.nodes.data import load_dataset
 
     digits = load_dataset("digits")
     ids = np.array([f"user-{i:05d}-rec" for i in range(len(digits))])
