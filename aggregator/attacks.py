@@ -196,6 +196,68 @@ def mimic(honest, *, f=0, num_byzantine=1, defense=None, generator=None, target=
     return honest[target].clone()
 
 
+def mimic_direction(honest: torch.Tensor, direction: torch.Tensor, rounds_seen: int) -> torch.Tensor:
+    """One step of mimic's online power iteration for the top eigenvector of the honest spread.
+
+    With ``c_i = x_i - mean(honest)``, ``u = sum_i <c_i, z> c_i`` and ``k = rounds_seen``::
+
+        z' = normalise( k/(k+1) z + 1/(k+1) u / |u| )
+
+    (``k = 0``: ``z' = u / |u|``). Karimireddy, He, Jaggi, "Byzantine-Robust
+    Learning on Heterogeneous Datasets via Bucketing", ICLR 2022, Appendix
+    (mimic's warm-up). The paper centres on a running mean of the gradients
+    over the warm-up; the vectors here may be parameters, which move from round
+    to round, so the spread is taken around each round's own mean. A zero
+    spread leaves ``z`` unchanged. Pure: returns a new ``(d,)`` tensor.
+    """
+    dt = _stats_dtype(honest.dtype)
+    centred = honest.to(dt) - _mean(honest)
+    z = direction.to(device=honest.device, dtype=dt)
+    u = centred.T @ (centred @ z)
+    norm = torch.linalg.vector_norm(u)
+    if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
+        return z.clone()
+    u = u / norm
+    z = u if rounds_seen <= 0 else (rounds_seen * z + u) / (rounds_seen + 1)
+    return z / torch.linalg.vector_norm(z)
+
+
+def mimic_target(honest: torch.Tensor, direction: torch.Tensor) -> int:
+    """``argmax_i <x_i - mean(honest), z>``: the honest worker farthest along the top direction (ties: lowest i)."""
+    dt = _stats_dtype(honest.dtype)
+    scores = (honest.to(dt) - _mean(honest)) @ direction.to(device=honest.device, dtype=dt)
+    return int(torch.argmax(torch.nan_to_num(scores, nan=-math.inf)))
+
+
+@register_attack("mimic_variant")
+@torch.no_grad()
+def mimic_variant(honest, *, f=0, num_byzantine=1, defense=None, generator=None, direction=None,
+                  target=None, warmup=20, **params):
+    """Mimic as in the bucketing paper: copy the honest worker farthest along the top direction.
+
+    Returns ``honest[target]`` when ``target`` is given (after the warm-up the
+    target is fixed), else ``honest[mimic_target(honest, direction)]``. The
+    warm-up state (``direction``, from :func:`mimic_direction`, and the frozen
+    target) is kept by the Byzantine worker across rounds, for ``warmup``
+    rounds (checked here, counted by the worker). Without a direction, one
+    power step from the all-ones direction on this round's vectors. Source:
+    Karimireddy, He, Jaggi, ICLR 2022 (the "mimic" attack with its eigenvector warm-up).
+    """
+    _reject_unknown("mimic_variant", params)
+    _check_common("mimic_variant", honest, f, num_byzantine)
+    _check_int("mimic_variant", "warmup", warmup, minimum=0)
+    h = honest.shape[0]
+    if target is None:
+        if direction is None:
+            direction = mimic_direction(honest, torch.ones(honest.shape[1], dtype=honest.dtype), 0)
+        if not isinstance(direction, torch.Tensor) or tuple(direction.shape) != (honest.shape[1],):
+            raise ValueError(f"mimic_variant: direction must be a ({honest.shape[1]},) tensor")
+        target = mimic_target(honest, direction)
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < h:
+        raise ValueError(f"mimic_variant: target must be an int in [0, {h}), got {target!r}")
+    return honest[target].clone()
+
+
 @register_attack("gaussian")
 @torch.no_grad()
 def gaussian(honest, *, f=0, num_byzantine=1, defense=None, generator=None, mu=0.0, sigma=200.0, **params):
@@ -324,6 +386,16 @@ def _line_search(
     return best_x, best_y
 
 
+def _signed(name: str, candidates: list[float], sign) -> list[float]:
+    """ALIE's candidates for search direction ``sign``: as given (-1), negated (+1), or both (0)."""
+    if isinstance(sign, bool) or sign not in (-1, 0, 1):
+        raise ValueError(f"{name}: sign must be -1, 0 or +1, got {sign!r}")
+    if sign == -1:
+        return candidates
+    flipped = [-x for x in candidates]
+    return flipped if sign == 1 else candidates + flipped
+
+
 def best_factor(
     attack: str,
     honest: torch.Tensor,
@@ -336,6 +408,7 @@ def best_factor(
     high=None,
     steps=None,
     refine: int = _REFINE,
+    sign: int = -1,
 ) -> tuple[float, float]:
     """Best factor of ``attack`` (``"alie"``: tau, ``"foe"``: eps) against ``defense``.
 
@@ -346,6 +419,12 @@ def best_factor(
     ``refine`` golden-section evaluations between the best candidate's
     neighbours. Returns ``(factor, distance)``; deterministic for a
     deterministic defense. Source of the idea: ByzFL's optimal ALIE/IPM attacks.
+
+    ALIE only: ``sign`` is the direction of the search, the sent vector being
+    ``mean - tau * std``. ``-1`` (default, ByzFL's convention): ``tau`` from the
+    candidates, ``>= 0`` for the default grid, so the vector sits *below* the
+    mean in every coordinate; ``+1``: the candidates negated (``mean + |tau| std``);
+    ``0``: both sets, the search picks the better side each round.
     """
     name = f"{attack}_optimized"
     if attack not in _GRIDS:
@@ -376,11 +455,14 @@ def best_factor(
             candidates.append(alie_z_max(honest.shape[0] + num_byzantine, f))
         except ValueError:
             pass  # z_max infinite: no finite default to compare against
+        candidates = _signed(name, candidates, sign)
         mu, sd = _mean(honest), _std(honest)  # once per search, not once per candidate
 
         def make(h, x):
             return _alie_vector(h, x, mu, sd)
     else:
+        if sign != -1:
+            raise ValueError(f"{name}: sign is an ALIE parameter (FOE's eps is >= 0), got sign={sign!r}")
         candidates.append(0.1)
         mu = _mean(honest)
 
@@ -396,17 +478,21 @@ def best_factor(
 @torch.no_grad()
 def alie_optimized(
     honest, *, f=0, num_byzantine=1, defense=None, generator=None,
-    factors=None, low=None, high=None, steps=None, refine=_REFINE, **params,
+    factors=None, low=None, high=None, steps=None, refine=_REFINE, sign=-1, **params,
 ):
     """ALIE with the tau that maximises ``||defense(honest + byzantine) - mean(honest)||_2``.
 
-    Search as in :func:`best_factor` (at most ~34 defense calls by default);
-    ``defense`` is required. Sources: Baruch et al., NeurIPS 2019; ByzFL.
+    Search as in :func:`best_factor` (at most ~34 defense calls by default, ~68
+    with ``sign = 0``); ``defense`` is required. ``sign = -1`` (default) searches
+    ``mean - tau std``, ``tau >= 0``, as ByzFL; ``+1`` searches ``mean + tau std``;
+    ``0`` searches both and keeps the better each round. Against rules that mix
+    *parameters* (MoNNA) the one-sided search pulls every weight the same way
+    every round, which is what breaks NNA. Sources: Baruch et al., NeurIPS 2019; ByzFL.
     """
     _reject_unknown("alie_optimized", params)
     tau, _ = best_factor(
         "alie", honest, f=f, num_byzantine=num_byzantine, defense=defense,
-        factors=factors, low=low, high=high, steps=steps, refine=refine,
+        factors=factors, low=low, high=high, steps=steps, refine=refine, sign=sign,
     )
     return _alie_vector(honest, tau)
 
