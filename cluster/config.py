@@ -41,6 +41,7 @@ class DataConfig:
     samples: int = 10000
     features: int = 32
     classes: int = 10
+    split: str = "all"  # "all": every worker holds data; "honest": only the honest ones (benchmarks)
 
 
 @dataclass(frozen=True)

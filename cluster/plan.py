@@ -21,7 +21,7 @@ from ostracon.nodes.partition import place
 from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec
 
 from .backends import WorkerData
-from .config import Config
+from .config import Config, ConfigError
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,9 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
     dataset = dataset if dataset is not None else load_config_dataset(config)
     d, t, b, u = config.data, config.training, config.byzantine, config.unlearning
     n = config.num_workers
+    holders = data_holders(config)
     placement = place(
-        dataset.ids, dataset.labels, seed=config.seed, num_workers=n, num_slices=u.slices,
+        dataset.ids, dataset.labels, seed=config.seed, num_workers=len(holders), num_slices=u.slices,
         test_fraction=d.test_fraction, partition=d.partition, alpha=d.alpha,
         classes_per_worker=d.classes_per_worker, num_classes=dataset.num_classes,
     )
@@ -97,7 +98,8 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
             batch_size=t.batch_size, behaviour=behaviour, behaviour_params=params,
             device=config.backend.device,
         ))
-        rows = placement.worker == j
+        source = _data_source(config, j)
+        rows = placement.worker == (-2 if source is None else holders.index(source))  # -2: no rows
         data[j] = WorkerData(
             ids=dataset.ids[rows], features=dataset.features[rows], labels=dataset.labels[rows],
             slices=placement.slice[rows],
@@ -106,6 +108,36 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
     test = placement.is_test
     return RunPlan(config, tuple(specs), data, dataset.features[test], dataset.labels[test], dataset.num_classes,
                    dataset.ids[test])
+
+
+SPLITS = ("all", "honest")
+
+
+def data_holders(config: Config) -> list[int]:
+    """The workers the training data is partitioned over, in placement order.
+
+    ``data.split = "all"``: every worker. ``"honest"``: only the honest workers
+    (the first ``workers - byzantine.count`` of each group), the setting of the
+    MoNNA and bucketing papers, where Byzantine workers own no data.
+    """
+    split = config.data.split
+    if split not in SPLITS:
+        raise ConfigError(f"data.split: unknown value {split!r}; choose one of: {', '.join(SPLITS)}")
+    m, b = config.training.workers, config.byzantine.count
+    return [j for j in range(config.num_workers) if split == "all" or j % m < m - b]
+
+
+def _data_source(config: Config, j: int) -> int | None:
+    """The data holder whose rows worker ``j`` gets: itself; or, when only honest workers hold data,
+    for a Byzantine worker that trains (``label_flip``, ``crash``, ``straggler``) a copy of honest
+    worker ``j mod honest``'s rows (so the behaviour keeps its strength), and none for an attacker."""
+    m, b = config.training.workers, config.byzantine.count
+    if config.data.split == "all" or j % m < m - b:
+        return j
+    if config.byzantine.behaviour not in WORKER_BEHAVIOURS:
+        return None
+    group, position = divmod(j, m)
+    return group * m + position % (m - b)
 
 
 def ids_digest(ids: Iterable[str]) -> str:
