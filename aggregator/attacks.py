@@ -387,13 +387,10 @@ def _line_search(
 
 
 def _signed(name: str, candidates: list[float], sign) -> list[float]:
-    """ALIE's candidates for search direction ``sign``: as given (-1), negated (+1), or both (0)."""
+    """ALIE's candidates for search direction ``sign``: as given (-1) or negated (+1); 0 is two searches."""
     if isinstance(sign, bool) or sign not in (-1, 0, 1):
         raise ValueError(f"{name}: sign must be -1, 0 or +1, got {sign!r}")
-    if sign == -1:
-        return candidates
-    flipped = [-x for x in candidates]
-    return flipped if sign == 1 else candidates + flipped
+    return candidates if sign == -1 else [-x for x in candidates]
 
 
 def best_factor(
@@ -424,9 +421,13 @@ def best_factor(
     ``mean - tau * std``. ``-1`` (default, ByzFL's convention): ``tau`` from the
     candidates, ``>= 0`` for the default grid, so the vector sits *below* the
     mean in every coordinate; ``+1``: the candidates negated (``mean + |tau| std``);
-    ``0``: both sets, the search picks the better side each round.
+    ``0``: one search per side (each refined), the better one wins.
     """
     name = f"{attack}_optimized"
+    if attack == "alie" and sign == 0:  # each side searched (and refined) on its own; the better one wins
+        sides = [best_factor(attack, honest, f=f, num_byzantine=num_byzantine, defense=defense, factors=factors,
+                             low=low, high=high, steps=steps, refine=refine, sign=s) for s in (-1, 1)]
+        return max(sides, key=lambda side: side[1])  # ties: the default side (-1), listed first
     if attack not in _GRIDS:
         raise ValueError(f"best_factor: attack must be 'alie' or 'foe', got {attack!r}")
     _check_common(name, honest, f, num_byzantine)

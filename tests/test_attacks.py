@@ -11,7 +11,8 @@ import torch
 from ostracon.aggregator import aggregate, attacks  # importing the package registers the real rules
 from ostracon.aggregator.registry import ATTACKS, get_attack, get_rule
 
-ALL = ["sign_flip", "alie", "foe", "mimic", "gaussian", "inf", "nan", "alie_optimized", "foe_optimized"]
+ALL = ["sign_flip", "alie", "foe", "mimic", "mimic_variant", "gaussian", "inf", "nan", "alie_optimized",
+       "foe_optimized"]
 OPTIMISED = ["alie_optimized", "foe_optimized"]
 
 H = torch.tensor([[1.0, 2.0, 3.0], [3.0, -2.0, 5.0]])  # mean [2, 0, 4], population std [1, 2, 1]
@@ -325,3 +326,64 @@ def test_bad_parameter_values_are_refused(name, kw):
 def test_defense_with_wrong_output_shape_is_refused():
     with pytest.raises(ValueError, match="shape"):
         _call("alie_optimized", H, defense=lambda v: v)
+
+
+# --------------------------------------------------------------------------- ALIE's search direction
+
+
+@pytest.mark.parametrize("rule", sorted(DEFENSES))
+def test_alie_optimized_sign_picks_the_side_and_both_is_never_worse(rule):
+    honest = _honest(h=8, d=6, seed=11)
+    defense = DEFENSES[rule](honest)
+    mu, sd = honest.mean(0), honest.std(0, correction=0)
+    down, up, both = (_call("alie_optimized", honest, f=F, num_byzantine=NB, defense=defense, sign=s)
+                      for s in (-1, 1, 0))
+    assert torch.equal(down, _call("alie_optimized", honest, f=F, num_byzantine=NB, defense=defense))  # default
+    # The side of the mean each search sends (tau = 0 is the mean itself, on both sides).
+    assert bool(((down - mu) <= 1e-12).all()) and bool(((up - mu) >= -1e-12).all())
+    best_one_side = max(_distance(honest, down, defense, NB), _distance(honest, up, defense, NB))
+    assert _distance(honest, both, defense, NB) >= best_one_side * (1 - 1e-9)
+    for tau in ALIE_GRID:  # +1 searches mean + tau std over the same grid
+        assert _distance(honest, up, defense, NB) >= _distance(honest, mu + tau * sd, defense, NB) * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("sign", [2, -2, 0.5, True, "up", None])
+def test_alie_optimized_rejects_a_bad_sign(sign):
+    with pytest.raises(ValueError, match="sign"):
+        _call("alie_optimized", H, sign=sign)
+    with pytest.raises(ValueError, match="sign"):
+        _call("foe_optimized", H, sign=1)
+
+
+# --------------------------------------------------------------------------- mimic as in the bucketing paper
+
+
+def test_mimic_direction_finds_the_top_eigenvector_and_the_farthest_worker():
+    # Spread along e0 (+-3) dominates spread along e1 (+-1): the power iteration turns e0 + e1 into +-e0.
+    honest = torch.tensor([[3.0, 1.0, 5.0], [-3.0, 1.0, 5.0], [0.0, -1.0, 5.0], [0.0, -1.0, 5.0]], dtype=torch.float64)
+    z = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    for k in range(30):
+        z = attacks.mimic_direction(honest, z, k)
+    assert abs(float(z[0])) == pytest.approx(1.0, abs=1e-3) and abs(float(z[2])) < 1e-9
+    target = attacks.mimic_target(honest, z)
+    assert target == (0 if float(z[0]) > 0 else 1)  # the worker farthest along +z
+    out = get_attack("mimic_variant")(honest, direction=z)
+    assert torch.equal(out, honest[target]) and out.data_ptr() != honest[target].data_ptr()
+    assert torch.equal(get_attack("mimic_variant")(honest, direction=z, target=2), honest[2])
+
+
+def test_mimic_direction_is_pure_and_keeps_z_on_zero_spread():
+    honest = _honest(h=5, d=4, seed=12)
+    before, z = honest.clone(), torch.ones(4, dtype=torch.float64) / 2
+    z_before = z.clone()
+    new = attacks.mimic_direction(honest, z, 3)
+    assert torch.equal(honest, before) and torch.equal(z, z_before)
+    assert float(torch.linalg.vector_norm(new)) == pytest.approx(1.0)
+    same = honest[:1].repeat(3, 1)
+    assert torch.equal(attacks.mimic_direction(same, z, 0), z)
+
+
+@pytest.mark.parametrize("params", [{"target": 5}, {"target": -1}, {"direction": torch.ones(2)}, {"warmup": -1}])
+def test_mimic_variant_rejects_bad_params(params):
+    with pytest.raises(ValueError, match="mimic_variant"):
+        get_attack("mimic_variant")(H, **params)
