@@ -40,6 +40,7 @@ times per round.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -57,6 +58,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import ostracon.nodes.worker as worker_module  # noqa: E402
+from ostracon.aggregator import get_pre_aggregation  # noqa: E402
 from ostracon.cluster.backends import LocalBackend, StepResult  # noqa: E402
 from ostracon.cluster.config import Config, load  # noqa: E402
 from ostracon.cluster.plan import load_config_dataset  # noqa: E402
@@ -65,19 +68,42 @@ from ostracon.cluster.training import train  # noqa: E402
 DEFAULT_CONFIG = ROOT / "examples" / "robustness.toml"
 DEFAULT_OUT = ROOT / "bench" / "results" / "robustness.md"
 
-ATTACKS = ("none", "sign_flip", "alie", "alie_optimized", "foe", "foe_optimized", "label_flip", "mimic",
-           "gaussian", "crash")
+# Attack row -> (byzantine.behaviour, byzantine.params); "none" is byzantine.count = 0 and
+# "mimic_worst" is, per seed, the worst of "mimic" over every honest target (a sweep, not one run).
+ATTACKS: dict[str, tuple[str, dict]] = {
+    "none": ("none", {}),
+    "sign_flip": ("sign_flip", {}),
+    "alie": ("alie", {}),
+    "alie_optimized": ("alie_optimized", {}),  # sign = -1: mean - tau std, tau >= 0 (ByzFL's search)
+    "alie_optimized_up": ("alie_optimized", {"sign": 1}),  # mean + tau std
+    "alie_optimized_both": ("alie_optimized", {"sign": 0}),  # the better side each round
+    "foe": ("foe", {}),
+    "foe_optimized": ("foe_optimized", {}),
+    "label_flip": ("label_flip", {}),
+    "mimic": ("mimic", {}),  # fixed target: honest worker 0
+    "mimic_worst": ("mimic", {}),  # every fixed target, the worst one per seed
+    "mimic_variant": ("mimic_variant", {}),  # the bucketing paper's: top-eigenvector target after a warm-up
+    "gaussian": ("gaussian", {}),
+    "crash": ("crash", {}),
+}
 
-# Rule column -> config overrides. D-SGD is the non-robust reference.
+# Rule column -> config overrides. D-SGD (mean) is the non-robust reference, on a server and decentralised.
 RULES: dict[str, dict] = {
     "server+mean": {"training.protocol": "server", "training.rule": "mean", "training.pre": []},
     "server+cwtm": {"training.protocol": "server", "training.rule": "cwtm", "training.pre": []},
     "server+nnm+cwtm": {"training.protocol": "server", "training.rule": "cwtm", "training.pre": ["nnm"]},
+    "monna+mean": {"training.protocol": "monna", "training.rule": "mean", "training.pre": []},
     "monna": {"training.protocol": "monna", "training.rule": "nna", "training.pre": []},
+    "monna+nnm": {"training.protocol": "monna", "training.rule": "nna", "training.pre": ["nnm"]},
+    "monna+bounded": {"training.protocol": "monna", "training.rule": "bounded_nna", "training.pre": []},
+    "monna+nnm+bounded": {"training.protocol": "monna", "training.rule": "bounded_nna", "training.pre": ["nnm"]},
 }
 
+SPLITS = ("all", "honest")
+
 # Attacks that ignore their generator: one vector per round, the same for every Byzantine worker.
-DETERMINISTIC_ATTACKS = frozenset({"sign_flip", "alie", "alie_optimized", "foe", "foe_optimized", "mimic"})
+DETERMINISTIC_ATTACKS = frozenset({"sign_flip", "alie", "alie_optimized", "foe", "foe_optimized", "mimic",
+                                   "mimic_variant"})
 
 
 # ----------------------------------------------------------------------------------------------- backend
@@ -99,7 +125,8 @@ class SharedAttackBackend(LocalBackend):
         same = all(dataclasses.replace(s, index=0) == dataclasses.replace(specs[0], index=0) for s in specs)
         if len(workers) < 2 or not same or specs[0].attack not in DETERMINISTIC_ATTACKS:
             return super().attack(workers, honest, t)
-        vector = self.workers[workers[0]].attack(list(honest), t)
+        with pre_aggregation_once():
+            vector = self.workers[workers[0]].attack(list(honest), t)
         result = StepResult()
         for j in workers:
             if vector is None:
@@ -109,40 +136,100 @@ class SharedAttackBackend(LocalBackend):
         return result
 
 
+@contextlib.contextmanager
+def pre_aggregation_once():
+    """While an attacker evaluates its defense, pre-aggregate each candidate's rows once, not once per pivot.
+
+    MoNNA's defense (``Worker._defense``) calls ``aggregate(vectors, rule,
+    pivot=p, pre=pre)`` for every honest pivot ``p`` on the same ``vectors``;
+    a pivot-free pre-aggregation (``nnm``) gives the same rows each time. This
+    memoises the last result by tensor identity and version, so the numbers
+    are bit-identical (:func:`check_shared_attack`) and ``nnm`` runs ~7x less.
+    Randomised steps (bucketing) are never memoised.
+    """
+    original = worker_module.aggregate
+    last: dict = {}
+
+    def aggregate_once(vectors, rule, *, f=0, pivot=None, pre=(), **params):
+        steps = [pre] if isinstance(pre, str) else list(pre)
+        if not steps or any(not isinstance(step, str) or step == "bucketing" for step in steps):
+            return original(vectors, rule, f=f, pivot=pivot, pre=pre, **params)
+        key = (id(vectors), vectors._version, f, tuple(steps))
+        if last.get("key") != key or last.get("vectors") is not vectors:
+            mixed = vectors
+            for step in steps:
+                mixed = get_pre_aggregation(step)(mixed, f=f)
+            last.update(key=key, vectors=vectors, mixed=mixed)
+        return original(last["mixed"], rule, f=f, pivot=pivot, **params)
+
+    worker_module.aggregate = aggregate_once
+    try:
+        yield
+    finally:
+        worker_module.aggregate = original
+
+
 # ----------------------------------------------------------------------------------------------- cells
 
 
-def cell_config(base: Config, attack: str, rule: str, seed: int, rounds: int | None = None) -> Config:
-    """The config of one run: ``base`` with the rule's protocol/rule/pre, the attack and the seed."""
+def cell_config(base: Config, attack: str, rule: str, seed: int, rounds: int | None = None,
+                split: str = "all", target: int | None = None) -> Config:
+    """The config of one run: ``base`` with the rule's protocol/rule/pre, the attack, the seed and the split.
+
+    ``split = "honest"`` gives all training data to the honest workers (the MoNNA
+    and bucketing papers' setting); ``"all"`` spreads it over every worker, the
+    Byzantine ones included. ``target`` is mimic's honest target.
+    """
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose from: {', '.join(ATTACKS)}")
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from: {', '.join(RULES)}")
-    overrides: dict = {"seed": seed, **RULES[rule]}
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from: {', '.join(SPLITS)}")
+    overrides: dict = {"seed": seed, "data.split": split, **RULES[rule]}
     if rounds is not None:
         overrides["training.rounds"] = rounds
         overrides["training.eval_every"] = rounds
+    behaviour, params = ATTACKS[attack]
     if attack == "none":
         overrides["byzantine.count"] = 0
     else:
-        overrides["byzantine.behaviour"] = attack
+        overrides["byzantine.behaviour"] = behaviour
+        params = dict(params, **({} if target is None else {"target": target}))
+        if params:
+            overrides["byzantine.params"] = params
     return base.replace(**overrides)
 
 
 def run_cell(base: Config, attack: str, rule: str, seed: int, rounds: int | None = None, *,
-             dataset=None, shared_attack: bool = True) -> dict:
-    """Train one (attack, rule, seed) run; return the honest workers' final test accuracy and the time."""
-    config = cell_config(base, attack, rule, seed, rounds)
+             dataset=None, shared_attack: bool = True, split: str = "all") -> dict:
+    """Train one (attack, rule, seed) run; return the honest workers' final test accuracy and the time.
+
+    ``mimic_worst`` trains one run per honest target and returns the worst (lowest mean accuracy).
+    A run whose honest models hold non-finite parameters is "diverged" and scores what evaluation
+    gives non-finite logits: 0.
+    """
+    if attack == "mimic_worst":
+        honest = base.training.workers - base.byzantine.count
+        runs = [_run_once(base, attack, rule, seed, rounds, dataset, shared_attack, split, target)
+                for target in range(honest)]
+        worst = min(runs, key=lambda r: (r["mean"], r["target"]))
+        return dict(worst, wall_s=sum(r["wall_s"] for r in runs))
+    return _run_once(base, attack, rule, seed, rounds, dataset, shared_attack, split, None)
+
+
+def _run_once(base, attack, rule, seed, rounds, dataset, shared_attack, split, target) -> dict:
+    config = cell_config(base, attack, rule, seed, rounds, split, target)
     if dataset is None:
         dataset = load_config_dataset(config)
     began = time.perf_counter()
     backend = SharedAttackBackend() if shared_attack else LocalBackend()
     result = train(config, backend=backend, progress=False, dataset=dataset)
     acc = result.summary["honest_test_accuracy"]
-    # evaluate() scores non-finite logits as accuracy 0: say when that is divergence, not bad luck.
     diverged = not all(np.isfinite(theta).all() for theta in result.parameters.values())
-    return {"attack": attack, "rule": rule, "seed": seed, "mean": acc["mean"], "min": acc["min"],
-            "max": acc["max"], "diverged": diverged, "wall_s": time.perf_counter() - began,
+    mean, low, high = (0.0, 0.0, 0.0) if diverged else (acc["mean"], acc["min"], acc["max"])
+    return {"attack": attack, "rule": rule, "seed": seed, "split": split, "target": target, "mean": mean,
+            "min": low, "max": high, "diverged": diverged, "wall_s": time.perf_counter() - began,
             "digests": result.summary["worker_digests"]}
 
 
@@ -160,19 +247,20 @@ def summarise(runs: Sequence[dict]) -> dict:
     }
 
 
-def _run(base: Config, attack: str, rule: str, seed: int, rounds: int | None) -> dict:
+def _run(base: Config, attack: str, rule: str, seed: int, rounds: int | None, split: str = "all") -> dict:
     """One run in a pool worker, which loads the dataset once per process."""
     global _DATASET
     if _DATASET is None:
         _DATASET = load_config_dataset(base)
-    return run_cell(base, attack, rule, seed, rounds, dataset=_DATASET)
+    return run_cell(base, attack, rule, seed, rounds, dataset=_DATASET, split=split)
 
 
 _DATASET = None
 
 
 def run_benchmark(base: Config, attacks: Sequence[str], rules: Sequence[str], seeds: Sequence[int],
-                  rounds: int | None = None, *, jobs: int = 1, log: Callable[[str], None] | None = None) -> dict:
+                  rounds: int | None = None, *, jobs: int = 1, log: Callable[[str], None] | None = None,
+                  split: str = "all") -> dict:
     """Every cell of ``attacks x rules`` over ``seeds``: ``{(attack, rule): summary}``.
 
     ``jobs > 1`` spreads the runs over that many processes; the results do not
@@ -190,7 +278,7 @@ def run_benchmark(base: Config, attacks: Sequence[str], rules: Sequence[str], se
         cell = cells[key] = summarise([runs[key][s] for s in seeds])
         if log is not None:
             per_seed = " ".join(f"{a:.3f}" for a in cell["per_seed"])
-            log(f"[{len(cells)}/{len(keys)}] {key[0]:<15} {key[1]:<16} mean {cell['mean']:.3f} "
+            log(f"[{len(cells)}/{len(keys)}] {split:<6} {key[0]:<19} {key[1]:<17} mean {cell['mean']:.3f} "
                 f"min {cell['min']:.3f} worst-seed min {cell['worst_min']:.3f} (per seed: {per_seed}) "
                 f"{cell['wall_s']:.1f}s" + (f", {cell['diverged']} diverged" if cell["diverged"] else ""))
 
@@ -198,17 +286,17 @@ def run_benchmark(base: Config, attacks: Sequence[str], rules: Sequence[str], se
     if jobs <= 1:
         dataset = load_config_dataset(base)
         for attack, rule, seed in tasks:
-            record(run_cell(base, attack, rule, seed, rounds, dataset=dataset))
+            record(run_cell(base, attack, rule, seed, rounds, dataset=dataset, split=split))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         # Slowest runs first, so the pool does not end on one long run.
-        tasks.sort(key=lambda task: not task[0].endswith("_optimized"))
+        tasks.sort(key=lambda task: not ATTACKS[task[0]][0].endswith("_optimized"))
         # By its importable name, so the spawned workers can unpickle it however this script was started.
         run = importlib.import_module("bench.robustness")._run
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run, base, *task, rounds) for task in tasks]
+            futures = [pool.submit(run, base, *task, rounds, split) for task in tasks]
             for future in as_completed(futures):
                 record(future.result())
     return {key: cells[key] for key in keys}
@@ -271,8 +359,9 @@ def format_per_seed(cells: Mapping[tuple[str, str], dict], attacks: Sequence[str
     return "\n".join(lines)
 
 
-def report(base: Config, cells, attacks, rules, seeds, rounds, wall_s: float, command: str,
-           title: str = "# Robustness benchmark") -> str:
+def report(base: Config, cells_by_split: Mapping[str, Mapping], attacks, rules, seeds, rounds, wall_s: float,
+           command: str, title: str = "# Robustness benchmark") -> str:
+    """The markdown report: the setting, then per data split the table, the worst cases and the per-seed values."""
     parts = [
         title,
         "",
@@ -285,16 +374,21 @@ def report(base: Config, cells, attacks, rules, seeds, rounds, wall_s: float, co
         "honest workers and the min over honest workers, each averaged over seeds, then the lowest "
         "per-seed min. Worst case: the lowest cell mean over the attacks (which attack), then the "
         "lowest averaged min / worst-seed min over the attacks. \"diverged\": runs whose honest models "
-        "hold non-finite parameters (scored 0).",
-        "",
-        format_table(cells, attacks, rules),
-        "",
-        "Per seed (mean over honest workers):",
-        "",
-        format_per_seed(cells, attacks, rules),
-        "",
+        "hold non-finite parameters, scored 0. Attack rows are described in the module docstring.",
     ]
-    return "\n".join(parts)
+    for split, cells in cells_by_split.items():
+        where = "every worker, Byzantine ones included" if split == "all" else "the honest workers only"
+        parts += [
+            "",
+            f"### data split `{split}`: training data over {where}",
+            "",
+            format_table(cells, attacks, rules),
+            "",
+            "Per seed (mean over honest workers):",
+            "",
+            format_per_seed(cells, attacks, rules),
+        ]
+    return "\n".join(parts) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -323,10 +417,13 @@ def _names(text: str, allowed: Iterable[str], what: str) -> list[str]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="robustness", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base config (TOML)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..S-1 (default 3)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1 (default 5)")
     p.add_argument("--rounds", type=int, default=None, help="override training.rounds")
     p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated (default: all)")
     p.add_argument("--rules", default=",".join(RULES), help="comma-separated (default: all)")
+    p.add_argument("--split", choices=(*SPLITS, "both"), default="both",
+                   help="training data over every worker (all), the honest ones only (honest), or both tables")
+    p.add_argument("--alpha", type=float, default=None, help="override data.alpha (Dirichlet heterogeneity)")
     p.add_argument("--jobs", type=int, default=1, help="cells run in this many processes (default 1)")
     p.add_argument("--append", action="store_true", help="append the report to --out instead of replacing it")
     p.add_argument("--out", default=None, help=f"also write the markdown report here (e.g. {DEFAULT_OUT.relative_to(ROOT)})")
@@ -337,6 +434,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--jobs must be >= 1")
     if args.rounds is not None and args.rounds < 1:
         p.error("--rounds must be >= 1")
+    if args.alpha is not None and not args.alpha > 0:
+        p.error("--alpha must be > 0")
     args.attacks = _names(args.attacks, ATTACKS, "attack(s)")
     args.rules = _names(args.rules, RULES, "rule(s)")
     return args
@@ -346,13 +445,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python bench/robustness.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     base = load(args.config)
+    if args.alpha is not None:
+        base = base.replace(**{"data.alpha": args.alpha})
     seeds = list(range(args.seeds))
+    splits = list(SPLITS) if args.split == "both" else [args.split]
     began = time.perf_counter()
-    cells = run_benchmark(base, args.attacks, args.rules, seeds, args.rounds, jobs=args.jobs,
-                          log=lambda line: print(line, file=sys.stderr, flush=True))
+    cells_by_split = {
+        split: run_benchmark(base, args.attacks, args.rules, seeds, args.rounds, jobs=args.jobs, split=split,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+        for split in splits
+    }
     wall_s = time.perf_counter() - began
     title = "## Robustness benchmark: additional run" if args.append else "# Robustness benchmark"
-    text = report(base, cells, args.attacks, args.rules, seeds, args.rounds, wall_s, command.strip(), title)
+    text = report(base, cells_by_split, args.attacks, args.rules, seeds, args.rounds, wall_s, command.strip(),
+                  title)
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ostracon.aggregator import aggregate, get_attack, max_f
+from ostracon.aggregator.attacks import mimic_direction, mimic_target
 
 from .models import build_model, flat_parameters, load_flat_parameters
 from .seeding import derive_seed, generator
@@ -34,6 +35,9 @@ from .shard_store import ShardStore
 HONEST = "honest"
 # Byzantine behaviours implemented by the worker itself; every other name is an attack from `aggregator`.
 WORKER_BEHAVIOURS = ("label_flip", "crash", "straggler")
+# Rules that bound the mixing step by the node's local step: they get the pre-step model as `anchor`.
+ANCHORED_RULES = frozenset({"bounded_nna"})
+MIMIC_WARMUP = 20  # default of mimic_variant's `warmup`: rounds of mimic_variant's warm-up (10% of the benchmark's 200), then the target is fixed
 
 
 @dataclass(frozen=True)
@@ -134,11 +138,17 @@ class Worker:
         self.half = self.theta.clone()
         self._data_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self._last_round = -1  # the round whose messages a pending mix holds
+        self.mimic_direction: torch.Tensor | None = None  # mimic_variant's attacker state
+        self.mimic_target: int | None = None
 
     # ----- state ---------------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:
         """Parameters and momentum as float32 arrays (what a checkpoint holds for this worker)."""
-        return {"theta": _to_numpy(self.theta), "momentum": _to_numpy(self.momentum)}
+        state = {"theta": _to_numpy(self.theta), "momentum": _to_numpy(self.momentum)}
+        if self.mimic_direction is not None:  # an attacker's warm-up state shapes every later round
+            state["mimic_direction"] = _to_numpy(self.mimic_direction)
+            state["mimic_target"] = np.array([self.mimic_target], dtype=np.float32)
+        return state
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         theta = _to_tensor(state["theta"], self.device)
@@ -150,6 +160,11 @@ class Worker:
             )
         self.theta, self.momentum = theta, momentum
         self.half = theta.clone()
+        if "mimic_direction" in state:
+            self.mimic_direction = _to_tensor(state["mimic_direction"], self.device)
+            self.mimic_target = int(np.asarray(state["mimic_target"]).reshape(-1)[0])
+        else:
+            self.mimic_direction, self.mimic_target = None, None
 
     def parameters(self) -> np.ndarray:
         return _to_numpy(self.theta)
@@ -187,11 +202,18 @@ class Worker:
                 vectors = _to_tensor(payload, self.device)  # already stacked: one copy, not n
             else:
                 vectors = torch.stack([_to_tensor(v, self.device) for v in payload])
+            if not bool(torch.isfinite(self.half).all()):
+                # This node's own model diverged (e.g. D-SGD under FOE): it stays non-finite, which
+                # evaluation scores 0, instead of a rule refusing the pivot and aborting the run.
+                self.theta = self.half
+                return
             # Absent workers shrink the round: never declare more than the rule tolerates.
             f = tolerated_f(self.spec.rule, self.spec.pre, vectors.shape[0], self.spec.f)
             pre = seeded_pre(self.spec.pre, self.spec.seed, "pre", self.spec.index, self._last_round)
-            self.theta = aggregate(vectors, self.spec.rule, f=f, pivot=self.half, pre=pre,
-                                   **dict(self.spec.rule_params))
+            params = dict(self.spec.rule_params)
+            if self.spec.rule in ANCHORED_RULES:
+                params["anchor"] = self.theta  # the model before this round's local step
+            self.theta = aggregate(vectors, self.spec.rule, f=f, pivot=self.half, pre=pre, **params)
         else:
             raise ValueError(f"unknown incoming message kind {kind!r}")
 
@@ -242,6 +264,8 @@ class Worker:
         vectors = torch.stack([_to_tensor(v, self.device) for v in honest])
         params = dict(self.spec.behaviour_params)
         num_byzantine = int(params.pop("num_byzantine", 1))
+        if name == "mimic_variant":
+            params.update(self._mimic_state(vectors, t, int(params.get("warmup", MIMIC_WARMUP))))
         vector = get_attack(name)(
             vectors,
             f=self.spec.f,
@@ -251,6 +275,19 @@ class Worker:
             **params,
         )
         return _to_numpy(vector)
+
+    def _mimic_state(self, honest: torch.Tensor, t: int, warmup: int) -> dict:
+        """Mimic's warm-up (bucketing paper): refine the top direction and follow its farthest honest
+        worker for rounds ``t < warmup``, then keep copying the last one. The state lives in
+        ``get_state`` so a replay from a checkpoint attacks exactly as the first run did."""
+        if t >= warmup and self.mimic_target is not None:
+            return {"target": min(self.mimic_target, honest.shape[0] - 1)}
+        if self.mimic_direction is None:  # the same draw for every attacker: they agree on the target
+            g = generator(self.spec.seed, "mimic", "direction")
+            self.mimic_direction = torch.randn(honest.shape[1], generator=g).to(self.device)
+        self.mimic_direction = mimic_direction(honest, self.mimic_direction, min(t, warmup))
+        self.mimic_target = mimic_target(honest, self.mimic_direction)
+        return {"target": self.mimic_target}
 
     def _defense(self, honest: torch.Tensor):
         """The aggregation the attacker faces, as a closure over all sent vectors."""

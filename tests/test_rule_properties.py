@@ -12,7 +12,8 @@
 
   - krum, multikrum, nna, mda: the result is a mean of honest rows (a bad row
     is infinitely far, or at least farther than every honest one, so it is
-    never selected): ``|out - mu| <= R``;
+    never selected): ``|out - mu| <= R``; bounded_nna: a point between its
+    (honest) pivot and NNA's result, so the same ball;
   - cwmed, cwtm: every kept value of a coordinate lies between honest values
     (at most ``f`` bad values per coordinate and ``f`` trimmed on each side):
     ``lo <= out <= hi`` coordinate-wise;
@@ -60,9 +61,20 @@ def max_f(rule: str, n: int) -> int:
     return (n - 1) // 2  # n > 2f
 
 
+PIVOTED = ("nna", "bounded_nna")  # rules that need a pivot
+
+
+def anchor_for(pivot: torch.Tensor) -> torch.Tensor:
+    """bounded_nna's anchor (the model before the local step): a step of norm ~0.3 |pivot| away, so the
+    bound binds in some draws and not in others."""
+    return pivot + 0.1 * torch.linspace(-1.0, 1.0, pivot.shape[0], dtype=pivot.dtype) * (1.0 + pivot.abs())
+
+
 def run_rule(rule: str, x: torch.Tensor, f: int, pivot: torch.Tensor | None = None) -> torch.Tensor:
-    if rule == "nna" and pivot is None:
+    if rule in PIVOTED and pivot is None:
         pivot = x[0]
+    if rule == "bounded_nna":
+        return get_rule(rule)(x, f=f, pivot=pivot, anchor=anchor_for(pivot))
     return get_rule(rule)(x, f=f, pivot=pivot)
 
 
@@ -127,7 +139,8 @@ def test_robust_rules_stay_finite_and_near_the_honest_rows(rule, dtype, data):
     radius = float((h - mu).norm(dim=1).max())
     lo, hi = h.min(0).values, h.max(0).values
     slack = (1e-9 if dtype == torch.float64 else 1e-4) * (1.0 + float(h.abs().max()))
-    if rule in ("krum", "multikrum", "nna", "mda"):
+    if rule in ("krum", "multikrum", "nna", "mda", "bounded_nna"):
+        # bounded_nna: a point between the (honest) pivot and NNA's result, both in the ball: so is it
         assert float((out - mu).norm()) <= radius + slack
     elif rule in ("cwmed", "cwtm"):
         assert bool(((out >= lo - slack) & (out <= hi + slack)).all()), (out, lo, hi)
@@ -294,6 +307,10 @@ def naive(rule: str, x: torch.Tensor, f: int, pivot: torch.Tensor) -> torch.Tens
         return x[naive_krum_order(x, f)[: n - f]].mean(0)
     if rule == "nna":
         return x[torch.argsort(((x - pivot) ** 2).sum(1))[: n - f]].mean(0)
+    if rule == "bounded_nna":
+        move = naive("nna", x, f, pivot) - pivot
+        radius = float((pivot - anchor_for(pivot)).norm())
+        return pivot + move * min(1.0, radius / max(float(move.norm()), 1e-300))
     if rule == "mda":
         dist = naive_sq(x)
         best = min(
