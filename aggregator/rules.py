@@ -589,10 +589,17 @@ def step_bounded_nearest_neighbor_average(
     """
     reject_unknown("bounded_nna", params)
     c = check_real("bounded_nna", "c", c)
+    _start("bounded_nna", vectors, f, None, "n > 2f")  # errors name this rule, not nna
+    _pivot("bounded_nna", pivot, vectors)
+    a = None
+    if anchor is not None:
+        try:
+            a = _pivot("bounded_nna", anchor, vectors)  # the pivot's checks: shape, device, float, finite
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("pivot", "anchor")) from None
     y = nearest_neighbor_average(vectors, f=f, pivot=pivot)
-    if anchor is None:
+    if a is None:
         return y
-    a = _pivot("bounded_nna", anchor, vectors)  # same checks as a pivot: shape, device, float, finite
     acc = distances.accumulation_dtype(vectors.dtype)
     p = pivot.to(acc)
     radius = c * float(torch.linalg.vector_norm(p - a.to(acc)))

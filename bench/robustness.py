@@ -457,8 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     wall_s = time.perf_counter() - began
     title = "## Robustness benchmark: additional run" if args.append else "# Robustness benchmark"
-    text = report(base, cells_by_split, args.attacks, args.rules, seeds, args.rounds, wall_s, command.strip(),
-                  title)
+    attacks = [a for a in ATTACKS if a in args.attacks]  # run in the order given, report in the usual order
+    text = report(base, cells_by_split, attacks, args.rules, seeds, args.rounds, wall_s, command.strip(), title)
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -218,6 +218,30 @@ def test_nna_ties_keep_lower_index():
     close(aggregate(x, "nna", f=1, pivot=t([0.0])), [0.5])  # keeps x0 and x1
 
 
+def test_bounded_nna_hand_clips_the_move_to_c_times_the_local_step():
+    x = t([[0, 0], [4, 0], [4, 0], [100, 100]])
+    pivot, anchor = t([0, 0]), t([0, 1])  # local step of norm 1
+    # nna keeps x0 x1 x2 -> (8/3, 0); the move 8/3 is clipped to c * 1
+    close(aggregate(x, "bounded_nna", f=1, pivot=pivot, anchor=anchor), [1, 0])
+    close(aggregate(x, "bounded_nna", f=1, pivot=pivot, anchor=anchor, c=2.0), [2, 0])
+    close(aggregate(x, "bounded_nna", f=1, pivot=pivot, anchor=anchor, c=3.0), [8 / 3, 0])  # inside: plain nna
+    close(aggregate(x, "bounded_nna", f=1, pivot=pivot, anchor=anchor, c=0.0), [0, 0])  # no mixing at all
+    close(aggregate(x, "bounded_nna", f=1, pivot=pivot), [8 / 3, 0])  # no anchor: plain nna
+
+
+def test_bounded_nna_checks_anchor_and_c():
+    x, p = t([[0, 0], [1, 0], [2, 0]]), t([0, 0])
+    with pytest.raises(ValueError, match="bounded_nna: anchor must be finite"):
+        aggregate(x, "bounded_nna", f=1, pivot=p, anchor=t([math.inf, 0]))
+    with pytest.raises(ValueError, match=r"bounded_nna: anchor must have shape \(2,\)"):
+        aggregate(x, "bounded_nna", f=1, pivot=p, anchor=t([0, 0, 0]))
+    for c in (-1.0, math.nan, True):
+        with pytest.raises(ValueError, match="bounded_nna: c must be"):
+            aggregate(x, "bounded_nna", f=1, pivot=p, anchor=p, c=c)
+    with pytest.raises(ValueError, match="bounded_nna: a pivot"):
+        aggregate(x, "bounded_nna", f=1)
+
+
 # --------------------------------------------------------------------------- aggregate()
 
 
@@ -250,6 +274,7 @@ def test_public_api():
         assert hasattr(aggregator, name)
     assert set(RULES) == {
         "mean", "cwmed", "cwtm", "krum", "multikrum", "geometric_median", "centered_clipping", "meamed", "mda", "nna",
+        "bounded_nna",
     }
     assert set(aggregator.PRE_AGGREGATIONS) == {"nnm", "bucketing", "clipping", "arc"}
     assert aggregator.ATTACKS, "attacks must be registered by importing aggregator"
@@ -264,7 +289,7 @@ REQUIREMENT = {
 
 
 def call(rule, x, **kw):
-    if rule == "nna" and "pivot" not in kw:
+    if rule in ("nna", "bounded_nna") and "pivot" not in kw:
         kw["pivot"] = x[0] if x.dim() == 2 and x.shape[0] else torch.zeros(x.shape[-1], dtype=x.dtype)
     return get_rule(rule)(x, **kw)
 
@@ -295,7 +320,7 @@ def test_rule_argument_errors(rule):
 @pytest.mark.parametrize(
     "rule, f, good, bad",
     [
-        ("cwtm", 3, 7, 6), ("cwmed", 3, 7, 6), ("meamed", 2, 5, 4), ("mda", 2, 5, 4), ("nna", 2, 5, 4),
+        ("cwtm", 3, 7, 6), ("cwmed", 3, 7, 6), ("meamed", 2, 5, 4), ("mda", 2, 5, 4), ("nna", 2, 5, 4), ("bounded_nna", 2, 5, 4),
         ("geometric_median", 2, 5, 4), ("centered_clipping", 2, 5, 4), ("krum", 2, 7, 6), ("multikrum", 1, 5, 4),
     ],
 )

@@ -122,3 +122,42 @@ def test_bucketing_is_seeded_and_a_shrunken_round_keeps_training(tmp_path):
     assert a.summary["failures"] == 2 * 28  # both crashed workers absent from round 2 on
     c = train(config.replace(seed=5), progress=False)
     assert c.summary["worker_digests"] != a.summary["worker_digests"]
+
+
+def test_mimic_variant_attacker_resumes_bit_identically_from_its_state():
+    # Exact replay restarts workers from get_state(): the attacker's warm-up state must come back too.
+    from ostracon.cluster.backends import build_worker
+    from ostracon.cluster.plan import make_plan
+
+    plan = make_plan(small_config(byzantine={"count": 1, "behaviour": "mimic_variant", "params": {"warmup": 4}}))
+    attacker = plan.specs[plan.attackers(0)[0]]
+    d = build_worker(attacker, plan.data[attacker.index]).parameters().shape[0]
+    rng = np.random.default_rng(0)
+    # 5 honest vectors per round, spread mostly along a few directions that change with the round
+    vectors = {t: [(rng.standard_normal(d) * (1 + i)).astype(np.float32) for i in range(5)] for t in range(8)}
+    one = build_worker(attacker, plan.data[attacker.index])
+    full = [one.attack(vectors[t], t) for t in range(8)]
+    first = build_worker(attacker, plan.data[attacker.index])
+    for t in range(3):
+        first.attack(vectors[t], t)
+    state = first.get_state()
+    assert {"theta", "momentum", "mimic_direction", "mimic_target"} <= set(state)
+    assert all(v.dtype == np.float32 for v in state.values())
+    resumed = build_worker(attacker, plan.data[attacker.index])
+    resumed.set_state(state)
+    assert all(np.array_equal(a, b) for a, b in zip(full[3:], [resumed.attack(vectors[t], t) for t in range(3, 8)]))
+    fresh = build_worker(attacker, plan.data[attacker.index])  # without the state it may pick differently
+    assert fresh.get_state().keys() == {"theta", "momentum"}
+    # after the warm-up (4 rounds) the target is fixed: the copy follows one honest index
+    targets = {next(i for i, v in enumerate(vectors[t]) if np.array_equal(v, full[t])) for t in range(4, 8)}
+    assert len(targets) == 1
+
+
+def test_a_diverged_monna_worker_finishes_the_run():
+    # D-SGD (monna + mean) under FOE with eps = 9: the mean is -2 x the honest mean each round, so the
+    # parameters overflow; the run must end with non-finite models (scored 0), not a refused pivot.
+    config = small_config(training={"rule": "mean", "f": 1, "rounds": 150, "eval_every": 150, "lr": 0.5},
+                          byzantine={"count": 2, "behaviour": "foe", "params": {"eps": 9.0}})
+    result = train(config, progress=False)
+    assert not all(np.isfinite(theta).all() for theta in result.parameters.values())
+    assert result.summary["honest_test_accuracy"]["max"] == 0.0
