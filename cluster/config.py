@@ -55,7 +55,7 @@ class TrainingConfig:
     protocol: str = "monna"
     rule: str = "nna"
     rule_params: Mapping[str, Any] = field(default_factory=dict)
-    pre: tuple = ()
+    pre: tuple = ("nnm",)  # NNM before NNA: the best worst case in bench/robustness.py (README)
     workers: int = 10
     f: int = 0
     rounds: int = 200
