@@ -1,40 +1,67 @@
-"""Robustness benchmark: honest test accuracy under every attack, for D-SGD, robust servers and MoNNA.
+"""Robustness benchmark: honest test accuracy under every attack, for D-SGD, robust servers and MoNNA variants.
 
-    python bench/robustness.py [--config examples/robustness.toml] [--seeds 3] [--rounds N]
-                               [--attacks none,sign_flip,...] [--rules monna,server+mean,...]
+    python bench/robustness.py [--config examples/robustness.toml] [--seeds 5] [--rounds N]
+                               [--split all|honest|both] [--alpha A]
+                               [--attacks none,sign_flip,...] [--rules monna,monna+nnm,...]
                                [--jobs 1] [--out bench/results/robustness.md [--append]]
     ostracon bench robustness [same arguments]
 
 Setting (``examples/robustness.toml``): scikit-learn digits, ``mlp``, 10
 workers per run of which 3 Byzantine (the last three), Dirichlet(alpha = 1)
-heterogeneity, declared ``f = 3`` for every robust rule, in-process backend
-(deterministic). A *cell* is one (attack, rule) pair trained once per seed
-(seeds ``0 .. S-1``: the seed moves the data split, the partition, the
-initialisation and every batch). Its value is the honest workers' test
-accuracy at the end of training -- the mean over honest workers, averaged
-over seeds -- reported with the minimum over honest workers (averaged over
-seeds) and the worst seed's minimum. Each rule's *worst case* is the minimum
-of its cells over the attacks.
+heterogeneity (``--alpha 0.1``: the strongly heterogeneous case), declared
+``f = 3`` for every robust rule, in-process backend (deterministic). A *cell*
+is one (attack, rule) pair trained once per seed (seeds ``0 .. S-1``, 5 by
+default: the seed moves the data split, the partition, the initialisation and
+every batch). Its value is the honest workers' test accuracy at the end of
+training -- the mean over honest workers, averaged over seeds -- reported with
+the minimum over honest workers (averaged over seeds) and the worst seed's
+minimum. Each rule's *worst case* is the minimum of its cells over the attacks.
+A run whose honest models end non-finite is *diverged* and scores 0.
 
-Attacks: the ``aggregator`` attacks (``sign_flip``, ``alie``,
-``alie_optimized``, ``foe``, ``foe_optimized``, ``mimic``, ``gaussian``) with
-their library defaults, sent by 3 omniscient workers; ``label_flip`` (3
-workers train honestly on flipped labels); ``crash`` (3 workers never answer);
-``none``: ``byzantine.count = 0``, i.e. the 3 would-be Byzantine workers train
-honestly, so all 10 are honest (the rules still declare ``f = 3``).
+Data split (``--split``): ``all`` spreads the training data over all 10
+workers, so the Byzantine ones hold 30 % of it; ``honest`` gives it to the 7
+honest workers only (``data.split = "honest"``), the setting of the MoNNA and
+bucketing papers' code. ``both`` (default) reports both tables.
 
-Rules: ``server+mean`` (parameter server, plain mean: D-SGD), ``server+cwtm``
-(coordinate-wise trimmed mean), ``server+nnm+cwtm`` (nearest-neighbour mixing,
-then CWTM), ``monna`` (decentralised: every honest worker keeps the n - f
-half-models nearest to its own, ``nna``; momentum on the local step).
+Attacks (3 omniscient workers; defaults vs their papers):
+
+- ``sign_flip``: ``-mean(honest)`` (Allen-Zhu et al. 2021, ByzFL's form: the
+  flipped *honest mean*, not the attacker's own flipped vector).
+- ``alie``: ``mean - z_max std`` with Baruch et al.'s ``z_max(n, f)`` (the paper's).
+- ``alie_optimized``: ``mean - tau std``, ``tau`` searched each round in
+  ``[0, 10]`` against the real defense (ByzFL's optimal ALIE, one-sided);
+  ``alie_optimized_up``: ``sign = +1``, ``mean + tau std``;
+  ``alie_optimized_both``: ``sign = 0``, the better side each round.
+- ``foe``: ``-eps mean(honest)`` with ``eps = 0.1``, Xie et al.'s small-eps
+  setting (ByzFL's default); ``foe_optimized`` searches ``eps`` in
+  ``[0.01, 100]``, which covers the paper's large ``eps = 100`` too.
+- ``label_flip``: the 3 workers train honestly on labels ``C - 1 - y``.
+- ``mimic``: copies honest worker 0, the fixed-target variant of the
+  bucketing paper's code; ``mimic_worst``: every fixed target 0..6, the
+  worst per seed (the sweep); ``mimic_variant``: the bucketing paper's mimic,
+  the honest worker farthest along the top eigenvector of the honest vectors,
+  estimated over a 20-round warm-up (10 % of the run), then copied for good.
+- ``gaussian``: ``N(0, 200^2 I)`` around 0 (Blanchard et al. / ByzFL), not
+  around the honest mean.
+- ``crash``: the 3 workers never answer. ``none``: ``byzantine.count = 0``,
+  all 10 workers honest (the rules still declare ``f = 3``).
+
+Rules: ``server+mean`` (parameter server, plain mean: D-SGD),
+``server+cwtm``, ``server+nnm+cwtm``; decentralised (``monna`` protocol,
+momentum on the local step): ``monna+mean`` (D-SGD without a server),
+``monna`` (NNA, the paper's MoNNA), ``monna+nnm`` (NNM then NNA, the
+default), ``monna+bounded`` / ``monna+nnm+bounded`` (``bounded_nna``: the
+mixing step capped at the local step).
 
 Speed: the attacks other than ``gaussian`` are deterministic functions of the
-honest vectors, so every Byzantine worker of a round sends the same vector;
-the benchmark's backend (:class:`SharedAttackBackend`) computes it once and
-gives it to the three (bit-identical to letting each worker compute it,
-which :func:`check_shared_attack` verifies and the smoke test runs). This
-matters for ``*_optimized``, whose line search calls the real defense ~34
-times per round.
+honest vectors (and, for ``mimic_variant``, of a state every attacker updates
+alike), so every Byzantine worker of a round sends the same vector; the
+benchmark's backend (:class:`SharedAttackBackend`) computes it once and gives
+it to the three, and pre-aggregates each candidate once per defense call, not
+once per honest pivot (:func:`pre_aggregation_once`). Both are bit-identical
+to the plain backend, which :func:`check_shared_attack` verifies and the
+smoke test runs. This matters for ``*_optimized``, whose line search calls the
+real defense ~34 times per round (~68 for ``alie_optimized_both``).
 """
 
 from __future__ import annotations

@@ -67,3 +67,46 @@ def test_attack_none_means_no_byzantine_and_configs(bench, base):
 def test_shared_attack_backend_is_bit_identical(bench, base):
     # The benchmark computes a deterministic attack once per round for the 3 attackers.
     assert bench.check_shared_attack(base, "alie_optimized", "server+cwtm", rounds=3)
+
+
+def test_pre_aggregation_once_is_bit_identical(bench, base):
+    # monna+nnm: the shared backend pre-mixes each line-search candidate once instead of once per pivot.
+    assert bench.check_shared_attack(base, "alie_optimized", "monna+nnm", rounds=3)
+
+
+def test_diverged_run_is_scored_zero_not_a_crash(bench, base):
+    # D-SGD without a server under FOE(eps = 9): the mixed model is -2x the honest mean every round and
+    # overflows after ~130 rounds; the run must finish, marked diverged and scored 0.
+    foe9 = base.replace(**{"byzantine.behaviour": "foe", "byzantine.params": {"eps": 9.0}})
+    run = bench.run_cell(foe9, "foe", "monna+mean", seed=0, rounds=150)
+    assert run["diverged"] and run["mean"] == run["min"] == 0.0
+    cell = bench.summarise([run])
+    assert "(1 diverged)" in bench._cell_text(cell)
+
+
+def test_honest_split_gives_the_data_to_honest_workers(bench, base):
+    from ostracon.cluster.plan import make_plan
+
+    def sizes(attack, split):
+        plan = make_plan(bench.cell_config(base, attack, "monna", seed=0, rounds=5, split=split))
+        return [len(plan.data[j].ids) for j in range(10)], plan
+
+    everyone, plan_all = sizes("alie", "all")
+    honest_only, plan_honest = sizes("alie", "honest")
+    assert all(s > 0 for s in everyone) and honest_only[7:] == [0, 0, 0]
+    assert sum(everyone) == sum(honest_only) and min(honest_only[:7]) > 0  # the same samples, 7 holders
+    assert len(plan_all.test_labels) == len(plan_honest.test_labels)
+    # a Byzantine worker that trains keeps its strength: it copies an honest worker's rows
+    flipped, _ = sizes("label_flip", "honest")
+    assert flipped[7:] == flipped[:3]
+    with pytest.raises(ValueError, match="unknown split"):
+        bench.cell_config(base, "alie", "monna", seed=0, split="byzantine")
+
+
+def test_attack_rows_configure_their_variants(bench, base):
+    both = bench.cell_config(base, "alie_optimized_both", "monna+nnm", seed=0)
+    assert both.byzantine.behaviour == "alie_optimized" and dict(both.byzantine.params) == {"sign": 0}
+    assert tuple(both.training.pre) == ("nnm",) and both.training.rule == "nna"
+    mimic = bench.cell_config(base, "mimic_worst", "monna", seed=0, target=4)
+    assert mimic.byzantine.behaviour == "mimic" and dict(mimic.byzantine.params) == {"target": 4}
+    assert bench.cell_config(base, "mimic_variant", "monna", seed=0).byzantine.behaviour == "mimic_variant"
