@@ -76,6 +76,10 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
     d, t, b, u = config.data, config.training, config.byzantine, config.unlearning
     n = config.num_workers
     holders = data_holders(config)
+    if d.split == "honest" and state_dir is not None and b.count and b.behaviour in WORKER_BEHAVIOURS:
+        # their copies of honest rows are outside the ledger: a deletion would leave them behind
+        raise ConfigError(f"data.split = \"honest\" with byzantine.behaviour = {b.behaviour!r} gives the Byzantine "
+                          "workers copies of honest rows, which deletions do not track: in-memory runs only")
     placement = place(
         dataset.ids, dataset.labels, seed=config.seed, num_workers=len(holders), num_slices=u.slices,
         test_fraction=d.test_fraction, partition=d.partition, alpha=d.alpha,

@@ -37,7 +37,7 @@ HONEST = "honest"
 WORKER_BEHAVIOURS = ("label_flip", "crash", "straggler")
 # Rules that bound the mixing step by the node's local step: they get the pre-step model as `anchor`.
 ANCHORED_RULES = frozenset({"bounded_nna"})
-MIMIC_WARMUP = 20  # default of mimic_variant's `warmup`: rounds of mimic_variant's warm-up (10% of the benchmark's 200), then the target is fixed
+MIMIC_WARMUP = 20  # mimic_variant's default warm-up rounds (10% of the benchmark's 200), then a fixed target
 
 
 @dataclass(frozen=True)
