@@ -10,6 +10,11 @@ import sys
 from importlib import metadata
 
 from .config import ConfigError, load, parse_overrides
+from .ledger import LedgerError
+from .protocols import StageFailedError
+from .statedir import StateDirError
+from .unlearning.certificates import CertificateConflictError
+from .unlearning.state import SourceChangedError
 
 log = logging.getLogger("ostracon")
 
@@ -46,14 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     ids = p.add_mutually_exclusive_group(required=True)
     ids.add_argument("--ids", help="comma-separated sample ids")
     ids.add_argument("--ids-file", help="file with one sample id per line")
+    ids.add_argument("--resume", action="store_true",
+                     help="only finish requests an interrupted command left unfinished (and repair)")
     p.add_argument("--mode", choices=("exact",), default="exact")
     p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
     p.add_argument("--address", help="Ray cluster address; implies --backend ray")
     p.add_argument("--out", help="also write the certificate JSON here")
 
-    p = sub.add_parser("verify", help="audit a state directory: retrain from scratch and compare digests")
+    p = sub.add_parser("verify", help="audit a state directory: ledger, stores, certificates, checkpoints, "
+                                      "then a retrain from scratch (exit 0 ok, 1 failed, 3 requests pending)")
     p.add_argument("--state-dir", required=True)
     p.add_argument("--backend", choices=("local", "ray"))
+    p.add_argument("--address", help="Ray cluster address; implies --backend ray")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
 
     p = sub.add_parser("bench", help="run a benchmark and print its table")
     p.add_argument("name", choices=("robustness", "aggregators", "scale", "unlearning"))
@@ -78,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ostracon: config error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError, StateDirError, LedgerError,
+            SourceChangedError, CertificateConflictError, StageFailedError) as exc:
         print(f"ostracon: error: {exc}", file=sys.stderr)
         return 2
 
@@ -110,12 +121,21 @@ def cmd_train(args) -> int:
 def cmd_unlearn(args) -> int:
     from .unlearning import format_certificate, unlearn_state_dir
 
+    if args.resume:
+        result = unlearn_state_dir(args.state_dir, mode=args.mode, overrides=_backend_overrides(args), resume_only=True)
+        for cert in result["recovered"]:
+            print(format_certificate(cert))
+        print(f"finished {len(result['recovered'])} interrupted request(s)" if result["recovered"]
+              else "nothing to resume: no request was left unfinished")
+        return 0
     if args.ids is not None:
         ids = [i.strip() for i in args.ids.split(",") if i.strip()]
     else:
         with open(args.ids_file) as fh:
             ids = [line.strip() for line in fh if line.strip()]
     cert = unlearn_state_dir(args.state_dir, ids, mode=args.mode, overrides=_backend_overrides(args))
+    for rid in cert.get("recovered", []):
+        print(f"finished interrupted request {rid} first")
     print(format_certificate(cert))
     if args.out:
         with open(args.out, "w") as fh:
@@ -124,15 +144,13 @@ def cmd_unlearn(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .unlearning import verify_state_dir
+    from .unlearning import format_report, verify_state_dir
 
     report = verify_state_dir(args.state_dir, overrides=_backend_overrides(args))
-    for g, row in sorted(report["groups"].items()):
-        print(f"group {g}: {'MATCH' if row['match'] else 'MISMATCH'} expected {row['expected'][:16]} "
-              f"recomputed {row['recomputed'][:16]}")
-    print("verified: every model matches a retrain from scratch" if report["ok"]
-          else "verification FAILED: some model differs from a retrain from scratch")
-    return 0 if report["ok"] else 1
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
+    if not report["ok"]:
+        return 1
+    return 3 if report["pending"] else 0
 
 
 def cmd_bench(args) -> int:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -33,6 +33,8 @@ class RunPlan:
     test_labels: np.ndarray
     num_classes: int
     test_ids: np.ndarray
+    # Every training id of the source data -> (group, worker, slice), excluded ids included.
+    placement: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def group_workers(self, group: int) -> list[int]:
         return [s.index for s in self.specs if s.group == group]
@@ -70,9 +72,11 @@ def stage_start(config: Config, stage: int) -> int:
 
 
 def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
-              dataset: Dataset | None = None) -> RunPlan:
-    """Load the data, place every sample, and describe every worker."""
+              dataset: Dataset | None = None, exclude: Iterable[str] = ()) -> RunPlan:
+    """Load the data, place every sample, and describe every worker; the rows of ``exclude`` (the
+    deleted ids) are placed like the others but given to no worker."""
     dataset = dataset if dataset is not None else load_config_dataset(config)
+    excluded = np.isin(dataset.ids, np.asarray(sorted(exclude), dtype=str)) if exclude else np.zeros(len(dataset), bool)
     d, t, b, u = config.data, config.training, config.byzantine, config.unlearning
     n = config.num_workers
     placement = place(
@@ -97,15 +101,29 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
             batch_size=t.batch_size, behaviour=behaviour, behaviour_params=params,
             device=config.backend.device,
         ))
-        rows = placement.worker == j
+        rows = (placement.worker == j) & ~excluded
         data[j] = WorkerData(
             ids=dataset.ids[rows], features=dataset.features[rows], labels=dataset.labels[rows],
             slices=placement.slice[rows],
             store_path=None if state_dir is None else os.path.join(os.fspath(state_dir), "stores", f"worker-{j}"),
         )
     test = placement.is_test
+    train_rows = np.flatnonzero(~test)
+    groups = placement.worker[train_rows] // t.workers
+    where = {sid: (int(g), int(j), int(k)) for sid, g, j, k in zip(
+        dataset.ids[train_rows].tolist(), groups.tolist(), placement.worker[train_rows].tolist(),
+        placement.slice[train_rows].tolist())}
     return RunPlan(config, tuple(specs), data, dataset.features[test], dataset.labels[test], dataset.num_classes,
-                   dataset.ids[test])
+                   dataset.ids[test], where)
+
+
+def dataset_digest(dataset: Dataset) -> str:
+    """sha256 over a dataset's ids, labels and feature bytes: the source data a state was trained on."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(dataset.ids).tobytes())
+    h.update(np.ascontiguousarray(dataset.labels, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(dataset.features, dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 def ids_digest(ids: Iterable[str]) -> str:

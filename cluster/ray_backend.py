@@ -3,7 +3,8 @@
 Vectors move through Ray's object store: each ``step`` returns its vector
 as a separate object (one put per worker per round) and receivers read the
 handles zero-copy. A dead actor is restarted by Ray (``max_restarts``); the
-protocol then resynchronises it from a healthy peer.
+protocol then redoes its group's stage from the stage's start, so a failure
+never changes a published model.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ostracon.nodes.seeding import set_deterministic
-from ostracon.nodes.worker import WorkerSpec
+from ostracon.nodes.worker import NO_ANSWER, SENT, WorkerSpec
 
-from .backends import StepResult, WorkerData, build_worker
+from .backends import BUSY, DIED, LATE, StepResult, WorkerData, build_worker
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,12 @@ class WorkerActor:
     @ray.method(num_returns=2)
     def step(self, stage: int, step: int, t: int, kind: str | None, *payload):
         vector = self.worker.step(stage, step, t, _incoming(kind, payload))
-        return vector is not None, vector
+        return self.worker.last_status if vector is None else SENT, vector
 
     @ray.method(num_returns=2)
     def attack(self, t: int, *honest):
         vector = self.worker.attack(list(honest), t)
-        return vector is not None, vector
+        return NO_ANSWER if vector is None else SENT, vector
 
     def receive(self, kind: str | None, *payload):
         self.worker.receive(_incoming(kind, payload))
@@ -84,7 +85,6 @@ class RayBackend:
         self.config = config
         self.actors: dict[int, Any] = {}
         self._busy: dict[int, Any] = {}
-        self._died: set[int] = set()
         self._placement_group = None
         self._started_ray = False
         # Constructor arguments stay referenced while the actors live: Ray needs them to restart one.
@@ -152,7 +152,7 @@ class RayBackend:
         packed: dict[int, tuple] = {}
         for j in workers:
             if not self._free(j):
-                result.failures[j] = "busy: previous round still running"
+                result.failures[j] = BUSY
                 continue
             message = incoming.get(j)
             if message is not None and message[0] == "mix":
@@ -192,18 +192,18 @@ class RayBackend:
         for flag in ready:
             j = flags[flag]
             try:
-                answered = ray.get(flag)
+                status = ray.get(flag)
             except ACTOR_FAILURES as exc:
-                result.failures[j] = f"actor died: {type(exc).__name__}"
-                self._died.add(j)
+                log.warning("worker %d: actor died (%s)", j, type(exc).__name__)
+                result.failures[j] = DIED
                 continue
-            if answered:
+            if status == SENT:
                 result.vectors[j] = calls[j][1]
             else:
-                result.failures[j] = "no answer"
+                result.failures[j] = status
         for flag in late:
             j = flags[flag]
-            result.failures[j] = "missed deadline"
+            result.failures[j] = LATE
             self._busy[j] = flag
         return result
 
@@ -220,8 +220,9 @@ class RayBackend:
                 try:
                     out[j] = ray.get(ref)
                     break
-                except ActorUnavailableError:
-                    # The actor is restarting: control calls wait for it (rounds do not).
+                except ACTOR_FAILURES:
+                    # The actor is restarting: control calls wait for it (rounds do not). The protocol
+                    # notices the restart by the worker's new incarnation and redoes its stage.
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
@@ -239,11 +240,6 @@ class RayBackend:
 
     def put(self, array: np.ndarray) -> Any:
         return ray.put(array)
-
-    def restarted(self) -> set[int]:
-        """Workers that died since the last call (Ray restarts them; the protocol resyncs them)."""
-        died, self._died = self._died, set()
-        return died
 
     def kill(self, worker: int) -> None:
         """Kill a worker's process; Ray restarts it if ``max_restarts`` allows (fault injection)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -32,6 +33,10 @@ from .seeding import derive_seed, generator
 from .shard_store import ShardStore
 
 HONEST = "honest"
+# What a worker's last ``step`` did (the backends report it; the protocol acts on it).
+SENT = "sent"
+NO_DATA = "no data"  # an honest worker whose shard is empty: sends nothing, still follows its group's mix
+NO_ANSWER = "no answer"
 # Byzantine behaviours implemented by the worker itself; every other name is an attack from `aggregator`.
 WORKER_BEHAVIOURS = ("label_flip", "crash", "straggler")
 
@@ -134,6 +139,12 @@ class Worker:
         self.half = self.theta.clone()
         self._data_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self._last_round = -1  # the round whose messages a pending mix holds
+        self.last_status = SENT
+        # A fresh token per construction: a restarted worker (new process) is told apart from the one it replaced.
+        self._incarnation = uuid.uuid4().hex
+
+    def incarnation(self) -> str:
+        return self._incarnation
 
     # ----- state ---------------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:
@@ -198,10 +209,13 @@ class Worker:
     def step(self, stage: int, step: int, t: int, incoming: tuple | None = None) -> np.ndarray | None:
         """Apply ``incoming``, take one local step on slices ``0..stage``, return the vector to send.
 
-        Returns ``None`` when this worker does not answer (a crashed worker, or one with no data).
+        Returns ``None`` when this worker sends nothing (``last_status`` says why): a crashed worker
+        (``NO_ANSWER``), or one whose shard holds no data for this stage (``NO_DATA``): it takes no
+        step, and its pivot for the next mix is its current model, so it keeps following its group.
         """
         self.receive(incoming)
         self._last_round = t
+        self.last_status = NO_ANSWER
         behaviour = self.spec.behaviour
         if behaviour == "crash" and t >= int(self.spec.behaviour_params.get("round", 0)):
             return None
@@ -209,7 +223,10 @@ class Worker:
             return None
         x, y = self._training_data(stage)
         if x.shape[0] == 0:
+            self.half = self.theta.clone()
+            self.last_status = NO_DATA
             return None
+        self.last_status = SENT
         g = generator(self.spec.seed, self.spec.index, stage, step)
         idx = torch.randint(0, x.shape[0], (self.spec.batch_size,), generator=g).to(self.device)
         grad = self._gradient(x[idx], y[idx])
