@@ -4,7 +4,8 @@ Every durable step of training and deletion calls :func:`point` with a name such
 ``"deletion.tombstoned:worker-4"``. Nothing happens unless a fault is armed:
 
 - ``OSTRACON_FAULT=PATTERN`` (an ``fnmatch`` pattern) in the environment makes the process
-  ``kill -9`` itself at the first matching point: a real crash, for subprocess drills;
+  ``kill -9`` itself at the first matching point: a real crash, for subprocess drills
+  (``OSTRACON_FAULT_ACTION=sleep:S`` pauses there instead, holding the state lock);
 - :func:`arm` does the same in-process, raising :class:`InjectedFault` (a ``BaseException``, so no
   ``except Exception`` on the way can swallow it) — fast enough to try every boundary in a test.
 
@@ -17,10 +18,12 @@ from __future__ import annotations
 import fnmatch
 import os
 import signal
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 ENV = "OSTRACON_FAULT"
+ACTION_ENV = "OSTRACON_FAULT_ACTION"  # "kill" (default) or "sleep:SECONDS"
 
 _armed: str | None = None
 _recorded: list[str] | None = None
@@ -38,6 +41,10 @@ def point(name: str) -> None:
         raise InjectedFault(name)
     pattern = os.environ.get(ENV)
     if pattern and fnmatch.fnmatchcase(name, pattern):
+        action = os.environ.get(ACTION_ENV, "kill")
+        if action.startswith("sleep:"):  # hold the point (and the state lock) for a concurrency drill
+            time.sleep(float(action.partition(":")[2]))
+            return
         os.kill(os.getpid(), signal.SIGKILL)
 
 
