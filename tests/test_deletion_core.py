@@ -331,3 +331,85 @@ def test_a_worker_left_without_data_keeps_following_its_group(state, config):
     assert by_worker[str(served)] >= initial + 0.15, (by_worker, initial)
     assert by_worker[str(served)] >= min(by_worker[str(j)] for j in plan.honest(0) if j != served) - 0.02
     assert cert["evaluation"]["honest_test_accuracy"]["min"] >= initial + 0.15
+
+
+# ----- two processes at once (real CLI processes) ----------------------------------------------------------
+
+def _cli(*args):
+    import sys
+
+    return [sys.executable, "-m", "ostracon.cluster.cli", *args]
+
+
+def _wait_for_holder(path, proc, timeout=60.0):
+    import time
+
+    from ostracon.cluster import statedir
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(os.path.join(path, ".lock")) and statedir.holder(path):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("the first process never took the lock")
+
+
+def test_two_unlearns_at_once_one_proceeds_the_other_fails_fast(state, config):
+    import subprocess
+
+    first, second = trainer_ids(config, 2, seed=17)
+    env = dict(os.environ, OSTRACON_FAULT="deletion.tombstoned", OSTRACON_FAULT_ACTION="sleep:8")
+    holder = subprocess.Popen(_cli("unlearn", "--state-dir", str(state), "--ids", first), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_holder(str(state), holder)
+    other = subprocess.run(_cli("unlearn", "--state-dir", str(state), "--ids", second), capture_output=True,
+                           text=True, timeout=60)
+    assert other.returncode == 2
+    assert f"pid {holder.pid}" in other.stderr and "unlearn" in other.stderr, other.stderr
+    out, err = holder.communicate(timeout=120)
+    assert holder.returncode == 0, err
+    assert_consistent(state, config, [first], retrain_digests(config, [first]))
+
+
+def test_two_trains_into_one_directory_one_proceeds_the_other_fails_fast(tmp_path):
+    import subprocess
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[model]\nname = "mlp"\nparams = { hidden = 16 }\n'
+                   '[training]\nworkers = 3\nf = 1\nrounds = 6\neval_every = 6\n[unlearning]\nslices = 2\n')
+    out = tmp_path / "out"
+    env = dict(os.environ, OSTRACON_FAULT="train.stage:0", OSTRACON_FAULT_ACTION="sleep:8")
+    first = subprocess.Popen(_cli("train", "-c", str(cfg), "-o", str(out), "--no-progress"), env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_holder(str(out), first)
+    second = subprocess.run(_cli("train", "-c", str(cfg), "-o", str(out), "--no-progress"), capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 2
+    assert "in use by pid" in second.stderr or "not empty" in second.stderr, second.stderr
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert not (out / "INCOMPLETE").exists()
+    assert verify_state_dir(out)["ok"]
+
+
+def test_an_interrupted_train_leaves_a_marked_directory_that_later_commands_refuse(tmp_path):
+    import subprocess
+
+    from ostracon.cluster import statedir
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[training]\nworkers = 3\nf = 1\nrounds = 6\neval_every = 6\n[unlearning]\nslices = 2\n')
+    out = tmp_path / "out"
+    env = dict(os.environ, OSTRACON_FAULT="train.stage:1")
+    crashed = subprocess.run(_cli("train", "-c", str(cfg), "-o", str(out), "--no-progress"), env=env,
+                             capture_output=True, text=True)
+    assert crashed.returncode == -9
+    assert (out / "INCOMPLETE").exists()
+    for args in (("unlearn", "--state-dir", str(out), "--ids", "1"), ("verify", "--state-dir", str(out))):
+        refused = subprocess.run(_cli(*args), capture_output=True, text=True)
+        assert refused.returncode == 2 and "incomplete training run" in refused.stderr, refused.stderr
+    again = subprocess.run(_cli("train", "-c", str(cfg), "-o", str(out)), capture_output=True, text=True)
+    assert again.returncode == 2 and "did not finish" in again.stderr
+    with pytest.raises(statedir.StateDirError, match="incomplete"):
+        verify_state_dir(out)

