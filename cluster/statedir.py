@@ -111,6 +111,17 @@ def require_complete(state_dir: str) -> None:
         raise StateDirError(f"state directory not found: {state_dir}")
 
 
+def require_state(state_dir: str | os.PathLike) -> None:
+    """Refuse (before taking its lock, so nothing is created) a path that is no state directory."""
+    state_dir = os.fspath(state_dir)
+    if not os.path.isdir(state_dir):
+        raise StateDirError(f"{state_dir} is not a trained state directory (it does not exist); "
+                            "run `ostracon train -o` first")
+    if not any(os.path.exists(os.path.join(state_dir, n)) for n in ("config.json", "ledger.sqlite", INCOMPLETE_FILE)):
+        raise StateDirError(f"{state_dir} is not a trained state directory (no config.json); "
+                            "run `ostracon train -o` first")
+
+
 def prepare_new(outdir: str) -> None:
     """Create ``outdir`` for a new run; refuse a non-empty directory (it may hold someone's data)."""
     if os.path.exists(outdir):

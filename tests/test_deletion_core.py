@@ -413,3 +413,36 @@ def test_an_interrupted_train_leaves_a_marked_directory_that_later_commands_refu
     assert again.returncode == 2 and "did not finish" in again.stderr
     with pytest.raises(statedir.StateDirError, match="incomplete"):
         verify_state_dir(out)
+
+
+def test_a_corrupt_ledger_stops_every_command(state, config):
+    from ostracon.cluster.ledger import LedgerError
+
+    path = state / "ledger.sqlite"
+    blob = bytearray(path.read_bytes())
+    for k in range(100, 4096, 7):  # wreck the first page: the schema itself
+        blob[k] ^= 0x5A
+    path.write_bytes(bytes(blob))
+    before = tree_bytes(state)
+    with pytest.raises(LedgerError, match="ledger"):
+        unlearn_state_dir(state, trainer_ids(config, 1, seed=18))
+    assert {p: b for p, b in tree_bytes(state).items() if not p.startswith("ledger.sqlite-")} == \
+        {p: b for p, b in before.items() if not p.startswith("ledger.sqlite-")}
+    assert [f["name"] for f in verify_state_dir(state)["failures"]] == ["LEDGER_CORRUPT"]
+
+
+def test_a_certificate_is_never_overwritten(state, config):
+    from ostracon.cluster.unlearning.certificates import CertificateConflictError
+
+    ids = trainer_ids(config, 1, seed=19)
+    with faults.armed("deletion.published"), pytest.raises(faults.InjectedFault):
+        unlearn_state_dir(state, ids)
+    with open_ledger(state, readonly=True) as ledger:
+        (name,) = ledger.certificates()
+    squatter = state / "certificates" / name
+    squatter.parent.mkdir(exist_ok=True)
+    squatter.write_text('{"deleted": []}\n')
+    with pytest.raises(CertificateConflictError, match="never overwritten"):
+        unlearn_state_dir(state, resume_only=True)
+    assert squatter.read_text() == '{"deleted": []}\n'
+    assert "CERTIFICATE_ALTERED" in {f["name"] for f in verify_state_dir(state, retrain=False)["failures"]}

@@ -55,6 +55,7 @@ def unlearn_state_dir(state_dir: str | os.PathLike, ids: Iterable[str] = (), mod
     if mode not in MODES:
         raise UnlearningError(f"unknown mode {mode!r}; supported: {', '.join(MODES)}")
     began = time.perf_counter()
+    statedir.require_state(state_dir)
     with statedir.exclusive(state_dir, "unlearn"):
         st = open_state(state_dir, overrides)
         try:

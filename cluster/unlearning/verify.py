@@ -47,6 +47,7 @@ def verify_state_dir(state_dir: str | os.PathLike, *, overrides: Mapping | None 
     state_dir = os.fspath(state_dir)
     report: dict = {"state_dir": state_dir, "ok": False, "failures": [], "pending": [], "groups": {},
                     "deleted": 0, "model_version": None, "checks": []}
+    statedir.require_state(state_dir)
     with statedir.exclusive(state_dir, "verify"):
         try:
             st = open_state(state_dir, overrides, readonly=True)
