@@ -31,6 +31,7 @@ from ostracon.nodes.shard_store import ShardStore
 from .backends import Backend, make_backend
 from .checkpoints import CheckpointStore, fsync_dir
 from .config import Config, load
+from .errors import RequestError
 from .plan import RunPlan, make_plan
 from .protocols import Session, elapsed
 from .training import as_tensor, _write_json, served_worker, train
@@ -42,7 +43,7 @@ PENDING = "pending.json"
 REPLAY_SUFFIX = ".replay"
 
 
-class UnlearningError(ValueError):
+class UnlearningError(RequestError):
     """A deletion request that cannot be carried out as given; nothing was changed."""
 
 
