@@ -335,7 +335,7 @@ def _check_rule_call(config: Config) -> None:
     vectors = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3) / (n * 3)
     try:
         aggregate(vectors, t.rule, f=t.f, pivot=vectors[0], pre=t.pre, **dict(t.rule_params))
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"training.rule / training.rule_params / training.pre: {exc}") from None
     if b.count and b.behaviour in ATTACKS:
         params = dict(b.params)
@@ -345,7 +345,7 @@ def _check_rule_call(config: Config) -> None:
                 vectors[: max(1, n - b.count)], f=t.f, num_byzantine=b.count,
                 defense=lambda v: aggregate(v, "mean"), generator=torch.Generator().manual_seed(0), **params,
             )
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"byzantine.params: {exc}") from None
 
 
