@@ -83,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
         print(f"ostracon: interrupted{_interrupted_hint(args)}", file=sys.stderr)
         return 130
     except Exception as exc:
         message = user_error_message(exc)
         if message is None:  # a bug, not a user error: show where it happened
             traceback.print_exc()
+            print(f"ostracon: internal error ({type(exc).__name__}); the traceback above says where",
+                  file=sys.stderr)
             return 1
         if args.verbose:
             traceback.print_exc()

@@ -112,3 +112,18 @@ def test_demo_without_outdir_names_the_folder_it_kept(tmp_path):
     [kept] = [d for d in tmp_path.iterdir() if d.name.startswith("ostracon-demo-")]
     assert last.startswith(f"kept the run in {kept} "), last
     assert (kept / "run" / "state.json").is_file()
+
+
+def test_many_groups_over_little_data_warn_naming_the_counts(caplog):
+    import logging
+
+    from ostracon.cluster.plan import validate_run
+    from conftest import small_config
+
+    caplog.set_level(logging.WARNING, logger="ostracon")
+    validate_run(small_config(unlearning={"groups": 60}))  # 360 workers share ~1440 training rows
+    [warning] = [r.getMessage() for r in caplog.records if "per worker" in r.getMessage()]
+    assert "360 workers" in warning and "unlearning.groups = 60" in warning and "training.batch_size = 32" in warning
+    caplog.clear()
+    validate_run(small_config())  # 6 workers: a few hundred rows each, no warning
+    assert not [r for r in caplog.records if "per worker" in r.getMessage()]
