@@ -199,7 +199,8 @@ def _json_ids(text: str) -> list[str]:
     try:
         ids = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise RequestError(f"--ids-json: not valid JSON ({exc}); expected a list of strings, e.g. '[\" a\", \"b\"]'") from None
+        raise RequestError(f"--ids-json: not valid JSON ({exc}); expected a list of strings, "
+                           "e.g. '[\" a\", \"b\"]'") from None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise RequestError(f"--ids-json: expected a JSON list of strings, got {text[:80]!r}")
     return ids
@@ -222,12 +223,17 @@ def read_ids_file(path: str) -> list[str]:
     ids = []
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.removesuffix("\r")
-        if any(ch < " " and ch != "\t" or ch == "\x7f" for ch in line):
+        if _has_control_characters(line):
             raise RequestError(f"--ids-file {path}: line {number} holds control characters ({line[:40]!r}); "
                                "expected one sample id per line")
         if line:
             ids.append(line)
     return ids
+
+
+def _has_control_characters(text: str) -> bool:
+    """Binary garbage, not an id: any ASCII control character but the tab."""
+    return any((ch < " " and ch != "\t") or ch == "\x7f" for ch in text)
 
 
 def prepare_output_file(path: str) -> str:

@@ -191,7 +191,8 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         kwargs[section] = _section(section, cls, raw.get(section, {}))
     if kwargs["data"].path:
         # Stored absolute, so `unlearn` and `verify` find the data from any working directory.
-        kwargs["data"] = dataclasses.replace(kwargs["data"], path=os.path.abspath(os.path.expanduser(kwargs["data"].path)))
+        absolute = os.path.abspath(os.path.expanduser(kwargs["data"].path))
+        kwargs["data"] = dataclasses.replace(kwargs["data"], path=absolute)
     config = Config(**kwargs)
     validate(config)
     return config

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -66,7 +66,6 @@ class Case:
     make: Callable  # tmp_path -> argv after "train -c CONFIG -o OUT" (or a full argv for other commands)
     expect: tuple  # substrings of the error line
     code: int = 2
-    extra: list = field(default_factory=list)
 
 
 def _data_file(content: bytes | None, name: str):
