@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 
+from .errors import OstraconError
 from .plan import RunPlan, ids_digest
 
 FORMAT = 2
@@ -92,7 +93,7 @@ class CheckpointStore:
         return None if file_sha256(path) == sha256 else "sha256 differs from the ledger"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(OstraconError, RuntimeError):
     """A checkpoint a decision depends on is missing or differs from its recorded hash."""
 
 

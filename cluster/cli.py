@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
+import tempfile
+import traceback
 from importlib import metadata
 
-from .config import ConfigError, load, parse_overrides
-from .ledger import LedgerError
-from .protocols import StageFailedError
-from .statedir import StateDirError
-from .unlearning.certificates import CertificateConflictError
-from .unlearning.state import SourceChangedError
+from .config import load, parse_overrides
+from .errors import OstraconError, RequestError, StateDirError
 
 log = logging.getLogger("ostracon")
 
@@ -49,19 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unlearn", help="delete samples from a trained state directory (exact replay)")
     p.add_argument("--state-dir", required=True)
     ids = p.add_mutually_exclusive_group(required=True)
-    ids.add_argument("--ids", help="comma-separated sample ids")
-    ids.add_argument("--ids-file", help="file with one sample id per line")
+    ids.add_argument("--ids", help="comma-separated sample ids; spaces around each id are ignored")
+    ids.add_argument("--ids-file", help="file with one sample id per line, taken verbatim (UTF-8; only the line "
+                                        "ending is removed; empty lines are skipped)")
+    ids.add_argument("--ids-json", help="a JSON list of sample ids, for ids with commas or surrounding spaces, "
+                                        "e.g. '[\" a\", \"b,c\"]'")
     ids.add_argument("--resume", action="store_true",
                      help="only finish requests an interrupted command left unfinished (and repair)")
     p.add_argument("--mode", choices=("exact",), default="exact")
     p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
     p.add_argument("--address", help="Ray cluster address; implies --backend ray")
-    p.add_argument("--out", help="also write the certificate JSON here")
+    p.add_argument("--out", help="also write the certificate JSON here (its folder is created if missing)")
 
     p = sub.add_parser("verify", help="audit a state directory: ledger, stores, certificates, checkpoints, "
                                       "then a retrain from scratch (exit 0 ok, 1 failed, 3 requests pending)")
     p.add_argument("--state-dir", required=True)
-    p.add_argument("--backend", choices=("local", "ray"))
+    p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
     p.add_argument("--address", help="Ray cluster address; implies --backend ray")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
 
@@ -78,20 +80,64 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     if args.command is None:
         parser.print_help()
         return 0
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"ostracon: config error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"ostracon: interrupted{_interrupted_hint(args)}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = user_error_message(exc)
+        if message is None:  # a bug, not a user error: show where it happened
+            traceback.print_exc()
+            print(f"ostracon: internal error ({type(exc).__name__}); the traceback above says where",
+                  file=sys.stderr)
+            return 1
+        if args.verbose:
+            traceback.print_exc()
+        print(f"ostracon: error: {message}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError, StateDirError, LedgerError,
-            SourceChangedError, CertificateConflictError, StageFailedError) as exc:
-        print(f"ostracon: error: {exc}", file=sys.stderr)
-        return 2
+
+
+# Path and disk problems: the user can fix them, and the message names the path.
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+USER_OS_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """One line for an error the user can act on (ostracon's own, or a path problem); None for a bug."""
+    if isinstance(exc, OstraconError):
+        return _one_line(str(exc))
+    if isinstance(exc, USER_OS_ERRORS) or (isinstance(exc, OSError) and exc.errno in USER_OS_ERRNOS):
+        if exc.filename is None:
+            return _one_line(str(exc))
+        return _one_line(f"{exc.strerror}: {exc.filename}")
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _interrupted_hint(args) -> str:
+    outdir = getattr(args, "outdir", None)
+    if args.command == "train" and outdir and os.path.isdir(outdir) \
+            and not os.path.exists(os.path.join(outdir, "state.json")):
+        return f"; {outdir} holds an incomplete run (no state.json): remove it before training there again"
+    return ""
+
+
+def configure_logging(verbose: bool) -> None:
+    """ostracon's own lines on stderr (``-v``: debug, Ray's too); other libraries log only errors."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _backend_overrides(args) -> dict:
@@ -105,42 +151,124 @@ def _backend_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    from .plan import validate_run
     from .training import train
 
     overrides = parse_overrides(args.overrides) | _backend_overrides(args)
     config = load(args.config, overrides)
-    result = train(config, args.outdir, progress=not args.no_progress)
-    s = result.summary
-    acc = s["honest_test_accuracy"]
-    print(f"trained {s['rounds']} rounds in {s['wall_time_s']:.1f}s: honest test accuracy "
-          f"min {acc['min']:.4f} mean {acc['mean']:.4f} max {acc['max']:.4f}; "
-          f"ensemble {s['ensemble_test_accuracy']:.4f}; results in {args.outdir}")
+    dataset = validate_run(config)  # data and model errors before the output directory exists
+    if config.backend.name == "ray":
+        from .ray_backend import check_reachable
+
+        check_reachable(config.backend)
+    result = train(config, args.outdir, progress=not args.no_progress, dataset=dataset)
+    print(f"trained {result.summary['rounds']} rounds in {result.summary['wall_time_s']:.1f}s: "
+          f"{accuracy_line(result.summary)}; results in {args.outdir}")
     return 0
+
+
+def accuracy_line(summary: dict) -> str:
+    acc, ensemble = summary["honest_test_accuracy"], summary["ensemble_test_accuracy"]
+    if ensemble is None:
+        return summary.get("note", "accuracy not measured")
+    return (f"honest test accuracy min {acc['min']:.4f} mean {acc['mean']:.4f} max {acc['max']:.4f}; "
+            f"ensemble {ensemble:.4f}")
 
 
 def cmd_unlearn(args) -> int:
     from .unlearning import format_certificate, unlearn_state_dir
 
     if args.resume:
+        require_writable_dir(args.state_dir, "--state-dir")
         result = unlearn_state_dir(args.state_dir, mode=args.mode, overrides=_backend_overrides(args), resume_only=True)
         for cert in result["recovered"]:
             print(format_certificate(cert))
         print(f"finished {len(result['recovered'])} interrupted request(s)" if result["recovered"]
               else "nothing to resume: no request was left unfinished")
         return 0
-    if args.ids is not None:
-        ids = [i.strip() for i in args.ids.split(",") if i.strip()]
-    else:
-        with open(args.ids_file) as fh:
-            ids = [line.strip() for line in fh if line.strip()]
+    ids = requested_ids(args)
+    out = prepare_output_file(args.out) if args.out else None
+    require_writable_dir(args.state_dir, "--state-dir")
     cert = unlearn_state_dir(args.state_dir, ids, mode=args.mode, overrides=_backend_overrides(args))
     for rid in cert.get("recovered", []):
         print(f"finished interrupted request {rid} first")
     print(format_certificate(cert))
-    if args.out:
-        with open(args.out, "w") as fh:
+    if out:
+        with open(out, "w") as fh:
             json.dump(cert, fh, indent=2, sort_keys=True)
     return 0
+
+
+def requested_ids(args) -> list[str]:
+    """The ids of ``--ids`` (comma-separated, spaces around each stripped), ``--ids-json`` (a JSON list of
+    strings, taken as given) or ``--ids-file`` (one id per line, verbatim but for the line ending)."""
+    if args.ids is not None:
+        return [i.strip() for i in args.ids.split(",") if i.strip()]
+    if args.ids_json is not None:
+        return _json_ids(args.ids_json)
+    return read_ids_file(args.ids_file)
+
+
+def _json_ids(text: str) -> list[str]:
+    try:
+        ids = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"--ids-json: not valid JSON ({exc}); expected a list of strings, "
+                           "e.g. '[\" a\", \"b\"]'") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise RequestError(f"--ids-json: expected a JSON list of strings, got {text[:80]!r}")
+    return ids
+
+
+def read_ids_file(path: str) -> list[str]:
+    """One id per line, taken verbatim except the line ending (``\\n`` or ``\\r\\n``); empty lines skipped."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise RequestError(f"--ids-file {path}: no such file") from None
+    except IsADirectoryError:
+        raise RequestError(f"--ids-file {path}: is a directory, expected a text file of ids") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"--ids-file {path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                           f"{exc.start}); expected one sample id per line") from None
+    ids = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if _has_control_characters(line):
+            raise RequestError(f"--ids-file {path}: line {number} holds control characters ({line[:40]!r}); "
+                               "expected one sample id per line")
+        if line:
+            ids.append(line)
+    return ids
+
+
+def _has_control_characters(text: str) -> bool:
+    """Binary garbage, not an id: any ASCII control character but the tab."""
+    return any((ch < " " and ch != "\t") or ch == "\x7f" for ch in text)
+
+
+def prepare_output_file(path: str) -> str:
+    """Check (creating its folder) that ``path`` can receive a file, before anything else changes."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise RequestError(f"--out {path} is a directory; give the certificate's file name")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    require_writable_dir(os.path.dirname(path), "--out")
+    return path
+
+
+def require_writable_dir(path: str, option: str) -> None:
+    """Refuse a directory this process cannot write to (a read-only state directory), before any change."""
+    if not os.path.isdir(path):
+        return  # a missing state directory is reported by whoever reads it
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise StateDirError(f"{option} {path} is not writable ({exc.strerror}); nothing was changed") from None
 
 
 def cmd_verify(args) -> int:

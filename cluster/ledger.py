@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
+from .errors import OstraconError
+
 FILE = "ledger.sqlite"
 FORMAT = 1
 
@@ -73,7 +75,7 @@ CREATE TABLE IF NOT EXISTS schedule (
 """
 
 
-class LedgerError(RuntimeError):
+class LedgerError(OstraconError, RuntimeError):
     """The ledger is missing, unreadable or inconsistent: nothing in the state directory can be trusted."""
 
 

@@ -10,7 +10,9 @@ some ids puts every other sample exactly where it was.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -18,10 +20,13 @@ import numpy as np
 
 from ostracon.nodes.data import Dataset, load_dataset
 from ostracon.nodes.partition import place
-from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec
+from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec, spec_model
 
 from .backends import WorkerData
 from .config import Config
+from .errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,16 +53,73 @@ class RunPlan:
     def attackers(self, group: int) -> list[int]:
         return [s.index for s in self.specs if s.group == group and s.attack is not None]
 
+    def trainers_all(self) -> list[int]:
+        """Every worker that trains on its data, over all groups."""
+        return [s.index for s in self.specs if s.trains]
+
     @property
     def groups(self) -> list[int]:
         return list(range(self.config.unlearning.groups))
 
 
 def load_config_dataset(config: Config) -> Dataset:
+    """The configured dataset; a file that cannot be read as that source is a :class:`DataError` naming it."""
     d = config.data
-    if d.source == "synthetic":
-        return load_dataset("synthetic", seed=config.seed, samples=d.samples, features=d.features, classes=d.classes)
-    return load_dataset(d.source, path=d.path or None)
+    try:
+        if d.source == "synthetic":
+            return load_dataset("synthetic", seed=config.seed, samples=d.samples, features=d.features,
+                                classes=d.classes)
+        return load_dataset(d.source, path=d.path or None)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if d.path:
+            where = "data.path" if d.path in str(exc) else f"data.path = {d.path!r}"
+        else:
+            where = f"data.source = {d.source!r}"
+        raise DataError(f"{where}: {exc}") from exc
+
+
+def _worker_counts(config: Config, train_samples: int) -> str:
+    return (f"{train_samples} training sample(s) (after data.test_fraction = {config.data.test_fraction}) for "
+            f"{config.num_workers} workers (training.workers = {config.training.workers} x unlearning.groups = "
+            f"{config.unlearning.groups})")
+
+
+def require_sample_per_worker(config: Config, train_samples: int) -> None:
+    """Fewer samples than workers leaves some worker without data: refuse the run, naming the counts."""
+    if train_samples < config.num_workers:
+        raise DataError(f"{_worker_counts(config, train_samples)}: every worker needs data; "
+                        "use fewer workers or groups, or more data")
+
+
+def warn_if_sparse(config: Config, plan: "RunPlan") -> None:
+    """Warn when workers hold on average less than one batch (e.g. many groups over a small dataset),
+    and name the workers that hold no data at all (they sit out every round)."""
+    train_samples = sum(len(d.ids) for d in plan.data.values())
+    empty = [j for j in plan.trainers_all() if len(plan.data[j].ids) == 0]
+    if empty:
+        log.warning("worker(s) %s hold no training sample (data.partition = %r): they sit out every round",
+                    ", ".join(map(str, empty[:20])) + (" ..." if len(empty) > 20 else ""), config.data.partition)
+    per_worker = train_samples / config.num_workers
+    if per_worker < config.training.batch_size:
+        log.warning("%s: about %.1f per worker, fewer than training.batch_size = %d; each local step "
+                    "resamples the same few rows (fewer groups or workers would train better)",
+                    _worker_counts(config, train_samples), per_worker, config.training.batch_size)
+
+
+def validate_run(config: Config) -> Dataset:
+    """Load the data and build one model: data and model errors surface before anything is written.
+
+    Returns the dataset, so the caller can train on it without loading it again.
+    """
+    dataset = load_config_dataset(config)
+    plan = make_plan(config, dataset=dataset)
+    warn_if_sparse(config, plan)
+    try:
+        spec_model(plan.specs[0])
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model.params = {dict(config.model.params)} for model.name = "
+                          f"{config.model.name!r}: {exc}") from None
+    return dataset
 
 
 def stage_rounds(config: Config) -> list[int]:
@@ -84,6 +146,7 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
         test_fraction=d.test_fraction, partition=d.partition, alpha=d.alpha,
         classes_per_worker=d.classes_per_worker, num_classes=dataset.num_classes,
     )
+    require_sample_per_worker(config, int((~placement.is_test).sum()))
     specs, data = [], {}
     for j in range(n):
         group, position = divmod(j, t.workers)

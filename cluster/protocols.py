@@ -43,6 +43,7 @@ from ostracon.aggregator import aggregate
 from ostracon.nodes.worker import NO_DATA, initial_parameters, learning_rate, seeded_pre, tolerated_f
 
 from .backends import BUSY, DIED, LATE, Backend
+from .errors import ClusterError
 from .plan import RunPlan, stage_rounds, stage_start
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ Schedule = dict[tuple[int, int], dict[int, dict[int, str]]]
 TIMING_EVENTS = (LATE, BUSY)
 
 
-class StageFailedError(RuntimeError):
+class StageFailedError(ClusterError):
     """A group's stage kept failing (a worker died every attempt, or could not come back)."""
 
 

@@ -16,12 +16,10 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from .errors import StateDirError
+
 LOCK_FILE = ".lock"
 INCOMPLETE_FILE = "INCOMPLETE"
-
-
-class StateDirError(RuntimeError):
-    """The state directory cannot be used as asked (locked, incomplete, not a state directory)."""
 
 
 class StateLockedError(StateDirError):

@@ -34,6 +34,8 @@ from .protocols import Schedule, Session, elapsed
 
 log = logging.getLogger(__name__)
 
+NO_TEST_SPLIT = "no test split (data.test_fraction = 0): accuracy is not measured"
+
 
 @dataclass
 class TrainResult:
@@ -112,8 +114,7 @@ def _train(config: Config, outdir: str | None, backend: Backend | None, progress
                 if metrics_file:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-                acc = record["honest_accuracy"]
-                bar.advance(0, f"round {t + 1}: honest acc min {acc['min']:.3f} mean {acc['mean']:.3f}")
+                bar.advance(0, round_message(record))
 
         checkpoint_index: dict[str, dict] = {}
         states = session.states(groups)  # the initial models
@@ -212,12 +213,11 @@ def evaluation_record(plan: RunPlan, session: Session, round_: int, began: float
     acc, loss = {}, {}
     for j, theta in sorted(params.items()):
         acc[j], loss[j] = evaluate(plan.specs[j], theta, plan.test_features, plan.test_labels)
-    values = list(acc.values())
     return {
         "round": round_,
-        "accuracy": {str(j): round(a, 6) for j, a in acc.items()},
-        "loss": {str(j): (round(v, 6) if math.isfinite(v) else None) for j, v in loss.items()},
-        "honest_accuracy": _stats(values),
+        "accuracy": {str(j): _finite(a) for j, a in acc.items()},
+        "loss": {str(j): _finite(v) for j, v in loss.items()},
+        "honest_accuracy": _stats([a for a in acc.values() if math.isfinite(a)]),
         "failures": session.take_failures(),
         "elapsed_s": elapsed(began),
     }
@@ -228,14 +228,17 @@ def make_summary(plan: RunPlan, session: Session, params: dict[int, np.ndarray],
     config = plan.config
     acc = metrics[-1]["accuracy"]  # the last round is always evaluated, on these same parameters
     served = {g: served_worker(plan, g) for g in plan.groups}
-    ensemble = ensemble_accuracy([plan.specs[served[g]] for g in plan.groups],
-                                 [params[served[g]] for g in plan.groups],
-                                 plan.test_features, plan.test_labels, config.unlearning.vote)
+    ensemble = None
+    if len(plan.test_labels):
+        ensemble = round(ensemble_accuracy([plan.specs[served[g]] for g in plan.groups],
+                                           [params[served[g]] for g in plan.groups],
+                                           plan.test_features, plan.test_labels, config.unlearning.vote), 6)
     failures = sum(len(m["failures"]) for m in metrics)
     return {
         "rounds": config.training.rounds,
-        "honest_test_accuracy": _stats(list(acc.values())),
-        "ensemble_test_accuracy": round(ensemble, 6),
+        "honest_test_accuracy": _stats([a for a in acc.values() if a is not None]),
+        "ensemble_test_accuracy": ensemble,
+        **({} if len(plan.test_labels) else {"note": NO_TEST_SPLIT}),
         "wall_time_s": wall_s,
         "gradient_evaluations": int(sum(session.gradient_evaluations.values())),
         "failures": failures,
@@ -255,9 +258,21 @@ def as_tensor(array: np.ndarray):
 
 
 def _stats(values: list[float]) -> dict:
+    """min/mean/max, rounded; None (JSON null, never NaN) when nothing was measured."""
     if not values:
-        return {"min": float("nan"), "mean": float("nan"), "max": float("nan")}
+        return {"min": None, "mean": None, "max": None}
     return {"min": round(min(values), 6), "mean": round(sum(values) / len(values), 6), "max": round(max(values), 6)}
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def round_message(record: dict) -> str:
+    acc = record["honest_accuracy"]
+    if acc["mean"] is None:
+        return f"round {record['round']}: no test split, accuracy not measured"
+    return f"round {record['round']}: honest acc min {acc['min']:.3f} mean {acc['mean']:.3f}"
 
 
 def write_accuracy_plot(metrics: list[dict], path: str, *, title: str = "",
@@ -313,7 +328,7 @@ def write_accuracy_plot(metrics: list[dict], path: str, *, title: str = "",
 def _write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
+        json.dump(obj, fh, indent=2, sort_keys=True, allow_nan=False)  # strict JSON: null, never NaN
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())

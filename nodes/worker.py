@@ -275,14 +275,17 @@ class Worker:
         if spec.protocol == "monna":
             # Decentralised: each honest worker mixes around its own vector; hurt them on average.
             def defense(vectors: torch.Tensor) -> torch.Tensor:
+                # Like `receive`: a round with absent workers is smaller, so cap f at what the rule accepts.
+                f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], spec.f)
                 outs = [
-                    aggregate(vectors, spec.rule, f=spec.f, pivot=p, pre=spec.pre, **dict(spec.rule_params))
+                    aggregate(vectors, spec.rule, f=f, pivot=p, pre=spec.pre, **dict(spec.rule_params))
                     for p in honest
                 ]
                 return torch.stack(outs).mean(0)
         else:
             def defense(vectors: torch.Tensor) -> torch.Tensor:
-                return aggregate(vectors, spec.rule, f=spec.f, pre=spec.pre, **dict(spec.rule_params))
+                f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], spec.f)
+                return aggregate(vectors, spec.rule, f=f, pre=spec.pre, **dict(spec.rule_params))
         return defense
 
 

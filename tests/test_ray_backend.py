@@ -195,3 +195,15 @@ def test_bad_config_fails_before_any_actor_starts(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="training.f"):
         on_ray(small_config()).replace(**{"training.f": 3})
+
+
+def test_placement_group_wait_is_bounded_by_start_timeout(tmp_path):
+    from ostracon.cluster.errors import ClusterError
+
+    # 4 bundles of 2 CPUs on a 2-CPU runtime can never be placed: fail after start_timeout_s, naming it.
+    config = on_ray(small_config(training={"workers": 4, "f": 1, "rounds": 2, "eval_every": 2},
+                                 backend={"placement": "pack", "num_cpus": 2.0, "start_timeout_s": 1.0}))
+    with pytest.raises(ClusterError, match=r"backend\.placement = 'pack'.*start_timeout_s = 1s"):
+        train(config, progress=False)
+    assert not ray.util.placement_group_table() or all(
+        pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())

@@ -11,13 +11,14 @@ import json
 import os
 import time
 
+from ..errors import OstraconError
 from ..statedir import fsync_dir
 
 KIND = "ostracon.deletion_certificate/v1"
 DIRECTORY = "certificates"
 
 
-class CertificateConflictError(RuntimeError):
+class CertificateConflictError(OstraconError, RuntimeError):
     """A certificate file exists with other content than the ledger's: it is never overwritten."""
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from ..errors import RequestError
 
-class UnlearningError(ValueError):
+
+class UnlearningError(RequestError):
     """A deletion request that cannot be carried out as given; nothing was changed."""
 
 

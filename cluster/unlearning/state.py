@@ -16,6 +16,7 @@ from ostracon.nodes.seeding import set_deterministic
 from ostracon.nodes.shard_store import CorruptStoreError, ShardStore
 
 from .. import faults, statedir
+from ..errors import OstraconError, RequestError
 from ..checkpoints import CheckpointStore, file_sha256
 from ..config import Config, load
 from ..ledger import DONE, PUBLISHED, Deletion, Ledger, open_ledger
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 RUNTIME_KEYS = ("backend.",)
 
 
-class SourceChangedError(RuntimeError):
+class SourceChangedError(OstraconError, RuntimeError):
     """The source data differs from what the state was trained on: exact deletion is impossible."""
 
 
@@ -76,7 +77,7 @@ def open_state(state_dir: str | os.PathLike, overrides: Mapping | None = None, *
     overrides = dict(overrides or {})
     bad = [k for k in overrides if not k.startswith(RUNTIME_KEYS)]
     if bad:
-        raise ValueError(f"only backend settings can be overridden on a trained state, not: {', '.join(bad)}")
+        raise RequestError(f"only backend settings can be overridden on a trained state, not: {', '.join(bad)}")
     ledger = open_ledger(state_dir, readonly=readonly)
     try:
         config = load(config_path, overrides)
