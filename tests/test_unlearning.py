@@ -213,3 +213,38 @@ def test_verify_detects_a_tampered_state(tmp_path, sisa_config):
     report = verify_state_dir(state)
     assert not report["ok"]
     assert [f["name"] for f in report["failures"]] == ["STATE_JSON_MISMATCH"], report["failures"]
+
+
+def test_outputs_show_every_published_version(tmp_path, sisa_config):
+    """summary.json, metrics.jsonl and accuracy.png follow the deletions (not only version 1)."""
+    state = tmp_path / "state"
+    train(sisa_config, state, progress=False)
+    plot_before = (state / "accuracy.png").read_bytes()
+    ids = pick_ids(sisa_config, 3, seed=12)
+    cert = unlearn_state_dir(state, ids)
+    summary = json.loads((state / "summary.json").read_text())
+    assert summary["model_version"] == 2
+    assert summary["group_digests"] == cert["group_digests"]
+    assert [v["model_version"] for v in summary["versions"]] == [1, 2]
+    assert summary["ensemble_test_accuracy"] == cert["evaluation"]["ensemble_test_accuracy"]
+    assert summary["versions"][1]["ensemble_test_accuracy"] == cert["evaluation"]["ensemble_test_accuracy"]
+    rows = [json.loads(x) for x in (state / "metrics.jsonl").read_text().splitlines()]
+    assert [r["model_version"] for r in rows if r.get("kind") == "model_version"] == [1, 2]
+    assert rows[0]["round"] == 0
+    assert (state / "accuracy.png").read_bytes() != plot_before  # redrawn with version 2
+
+
+def test_an_id_held_by_an_attacker_is_tombstoned_without_a_replay(tmp_path, sisa_config):
+    state = tmp_path / "state"
+    trained = train(sisa_config, state, progress=False)
+    plan = make_plan(sisa_config)
+    where = locate(plan)
+    held = next(i for i, (_, j, _) in sorted(where.items()) if not plan.specs[j].trains)
+    cert = unlearn_state_dir(state, [held])
+    assert cert["not_replayed"] == [held] and cert["groups"] == {}
+    assert cert["gradient_evaluations"] == 0
+    assert "never reads its data" in cert["not_replayed_reason"]
+    assert cert["model_version_after"] == 2 and cert["group_digests"] == trained.summary["group_digests"]
+    store = ShardStore.open(state / "stores" / f"worker-{where[held][1]}")
+    assert held not in store and held in store.deleted()
+    assert verify_state_dir(state)["ok"]
