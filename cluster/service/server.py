@@ -137,11 +137,11 @@ def serve(state_dir: str, *, config_path: str | None = None, overrides: dict | N
           host: str = "127.0.0.1", port: int = 50051, token: str | None = None, tls_cert: str | None = None,
           tls_key: str | None = None, max_ids_per_request: int = 10_000, out=None) -> int:
     """Run the coordinator until SIGTERM/SIGINT; 0 after a SIGTERM drain, 130 after Ctrl-C."""
-    from ..deployment import Deployment
-
     out = out or sys.stdout
     credentials = tls_credentials(tls_cert, tls_key)
-    check_bind_allowed(host, token)
+    check_bind_allowed(host, token)  # before anything loads or locks
+    from ..deployment import Deployment
+
     deployment = Deployment(state_dir, config_path=config_path, overrides=overrides,
                             max_ids_per_request=max_ids_per_request)
     server = CoordinatorServer(deployment, host=host, port=port, token=token, credentials=credentials)
