@@ -76,11 +76,10 @@ def test_every_error_type_maps_to_its_code_subclasses_first():
     for name, code in expected.items():
         cls = getattr(errors, name)
         assert status_for(cls(f"a {name}")) == (code, f"a {name}"), name
-    names = [name for name, _ in ERROR_CODES]
-    for name in names:  # a subclass listed after its base would never be reached
-        cls = getattr(errors, name)
-        for base in names[:names.index(name)]:
-            assert not issubclass(cls, getattr(errors, base)), (name, base)
+    classes = [cls for cls, _ in ERROR_CODES]
+    for k, cls in enumerate(classes):  # a subclass listed after its base would never be reached
+        for base in classes[:k]:
+            assert not issubclass(cls, base), (cls, base)
 
 
 def test_a_bug_is_internal_without_its_message():
