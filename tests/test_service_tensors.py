@@ -69,3 +69,10 @@ def test_inputs_of_both_float_dtypes_are_accepted():
         assert got.dtype == dtype and got.tolist() == x.tolist()
     images = np.zeros((2, 1, 4, 4), dtype=np.float32)
     assert decode_inputs(encode(images), (1, 4, 4)).shape == (2, 1, 4, 4)
+
+
+def test_decoded_arrays_are_writable_copies():
+    tensor = encode(np.arange(4, dtype=np.float32))
+    array = decode(tensor)
+    array[0] = 7.0  # torch.from_numpy warns on read-only buffers
+    assert decode(tensor)[0] == 0.0

@@ -37,7 +37,7 @@ def decode(tensor, field: str = "tensor", dtypes: tuple[str, ...] | None = None)
         array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
     except ValueError as exc:  # e.g. [0, 2**62]: zero bytes, but numpy refuses the dimensions
         raise RequestError(f"{field}.shape: {list(shape)} is not a valid array shape ({exc})") from None
-    return array.astype(dtype.newbyteorder("="), copy=False)
+    return array.astype(dtype.newbyteorder("="), copy=True)  # writable: frombuffer views are read-only
 
 
 def _numeric_dtype(name: str, field: str) -> np.dtype:
