@@ -120,3 +120,37 @@ def test_serve_refuses_a_public_address_without_a_token_before_touching_the_stat
     assert done.returncode == 2, done.stderr
     assert "--host 0.0.0.0 is not a loopback address" in done.stderr
     assert not state.exists()
+
+
+def test_tls_server_and_client_with_a_self_signed_certificate(tmp_path):
+    import shutil
+
+    from ostracon.cluster.deployment import Deployment
+    from ostracon.cluster.service.client import CoordinatorClient, CoordinatorError
+    from ostracon.cluster.service.server import CoordinatorServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    not_started = Deployment(str(tmp_path / "state"))  # never started: the servicer answers UNAVAILABLE
+    server = CoordinatorServer(not_started, host="127.0.0.1", port=0, token="tok",
+                               credentials=tls_credentials(str(cert), str(key)))
+    server.start()
+    try:
+        with CoordinatorClient(server.address, token="tok", timeout=30, tls_ca=str(cert)) as client:
+            assert client.health() == "NOT_SERVING"  # over TLS, before the cluster is warm
+            with pytest.raises(CoordinatorError) as caught:
+                client.status()
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "not ready" in caught.value.details()
+            server.mark_serving()
+            assert client.health() == "SERVING"
+        with CoordinatorClient(server.address, token="tok", timeout=30) as plaintext:
+            with pytest.raises(CoordinatorError) as caught:  # a plaintext client cannot talk to a TLS server
+                plaintext.health()
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
+    assert not (tmp_path / "state").exists()
