@@ -74,7 +74,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train on digits with Byzantine workers, delete samples exactly, verify")
     p.add_argument("-o", "--outdir", default=None, help="where to write the run (default: a new temp dir)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
+
+    p = sub.add_parser("serve", help="run the coordinator: a gRPC deletion service over a warm cluster")
+    p.add_argument("--state-dir", required=True, help="state directory (trained first when empty and -c is given)")
+    p.add_argument("-c", "--config", help="TOML config to train with when the state directory holds no trained state")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a token)")
+    p.add_argument("--port", type=int, default=50051, help="port to bind (0: a free one; see server.json)")
+    p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
+    p.add_argument("--address", help="Ray cluster address; implies --backend ray")
+    p.add_argument("--token-file", help="file holding the bearer token clients must send (wins over $OSTRACON_TOKEN)")
+    p.add_argument("--tls-cert", help="PEM certificate chain for TLS (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key for TLS (with --tls-cert)")
+    p.add_argument("--max-ids-per-request", type=int, default=10_000, help="largest Delete accepted (default 10000)")
+
+    p = sub.add_parser("delete", help="ask a coordinator to delete samples (prints the operation)")
+    _client_options(p)
+    ids = p.add_mutually_exclusive_group(required=True)
+    ids.add_argument("--ids", help="comma-separated sample ids; spaces around each id are ignored")
+    ids.add_argument("--ids-file", help="file with one sample id per line, taken verbatim")
+    ids.add_argument("--ids-json", help="a JSON list of sample ids")
+    p.add_argument("--mode", choices=("exact", "approximate", "approximate_then_exact"), default="exact")
+    p.add_argument("--method", default="", help="approximate-unlearning method (approximate modes)")
+    p.add_argument("--idempotency-key", default="", help="retrying with the same key and ids returns the same operation")
+    p.add_argument("--wait", action="store_true", help="follow the operation to its final state (live progress)")
+
+    p = sub.add_parser("ops", help="list a coordinator's operations, newest first")
+    _client_options(p)
+    p.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+
+    p = sub.add_parser("status", help="a coordinator's cluster: workers, model version, queue depth")
+    _client_options(p)
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+
+    p = sub.add_parser("certificate", help="the deletion certificate covering an operation")
+    _client_options(p)
+    p.add_argument("operation_id", metavar="OP_ID")
+    p.add_argument("--json", action="store_true", help="print the full certificate JSON")
     return parser
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="the coordinator's HOST:PORT")
+    p.add_argument("--token-file", help="file holding the bearer token (wins over $OSTRACON_TOKEN)")
+    p.add_argument("--tls-ca", help="PEM CA certificate to verify a TLS coordinator")
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds (default 30)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,8 +343,95 @@ def cmd_demo(args) -> int:
     return run_demo(args.outdir, backend=args.backend)
 
 
+def cmd_serve(args) -> int:
+    from .service.auth import load_token
+    from .service.server import serve
+
+    if args.max_ids_per_request < 1:
+        raise RequestError(f"--max-ids-per-request {args.max_ids_per_request}: must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise RequestError(f"--port {args.port}: not a TCP port (0-65535; 0 picks a free one)")
+    return serve(args.state_dir, config_path=args.config, overrides=_backend_overrides(args), host=args.host,
+                 port=args.port, token=load_token(args.token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
+                 max_ids_per_request=args.max_ids_per_request)
+
+
+def _client(args):
+    from .service.auth import load_token
+    from .service.client import CoordinatorClient
+
+    if not args.timeout > 0:
+        raise RequestError(f"--timeout {args.timeout}: must be a positive number of seconds")
+    return CoordinatorClient(args.target, token=load_token(args.token_file), timeout=args.timeout,
+                             tls_ca=args.tls_ca)
+
+
+def operation_line(op: dict) -> str:
+    version = f", model version {op['model_version']}" if op["model_version"] else ""
+    message = f": {op['message']}" if op["message"] else ""
+    return (f"operation {op['id']} {op['state']} {op['progress']:.0%} ({len(op['sample_ids'])} id(s), "
+            f"mode {op['mode']}{version}){message}")
+
+
+def cmd_delete(args) -> int:
+    ids = requested_ids(args)
+    with _client(args) as client:
+        op = client.delete(ids, mode=args.mode, method=args.method, idempotency_key=args.idempotency_key)
+        print(operation_line(op), flush=True)
+        if not args.wait:
+            return 0
+        for _, event in client.watch(op["id"]):
+            if event != op:
+                log.info("%s", operation_line(event))  # live progress on stderr
+            op = event
+    print(operation_line(op))
+    return 0 if op["state"] == "SUCCEEDED" else 1
+
+
+def cmd_ops(args) -> int:
+    if args.limit < 1:
+        raise RequestError(f"--limit {args.limit}: must be at least 1")
+    with _client(args) as client:
+        ops, _ = client.operations(page_size=args.limit)
+    if args.json:
+        print(json.dumps(ops, indent=2))
+    else:
+        for op in ops:
+            print(operation_line(op))
+        if not ops:
+            print("no operations yet")
+    return 0
+
+
+def cmd_status(args) -> int:
+    with _client(args) as client:
+        status = client.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    alive = sum(w["alive"] for w in status["workers"])
+    print(f"backend {status['backend']}, model version {status['model_version']}, queue depth "
+          f"{status['queue_depth']}, {alive}/{len(status['workers'])} workers alive")
+    for w in status["workers"]:
+        role = "byzantine" if w["byzantine"] else "honest"
+        node = f" on {w['node']}" if w["node"] else ""
+        print(f"  worker {w['index']} group {w['group']} {role} {'alive' if w['alive'] else 'DEAD'}, "
+              f"{w['restarts']} restart(s){node}")
+    return 0
+
+
+def cmd_certificate(args) -> int:
+    from .unlearning import format_certificate
+
+    with _client(args) as client:
+        cert = client.certificate(args.operation_id)
+    print(json.dumps(cert, indent=2, sort_keys=True) if args.json else format_certificate(cert))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "unlearn": cmd_unlearn, "verify": cmd_verify, "bench": cmd_bench,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "serve": cmd_serve, "delete": cmd_delete, "ops": cmd_ops, "status": cmd_status,
+            "certificate": cmd_certificate}
 
 if __name__ == "__main__":
     sys.exit(main())

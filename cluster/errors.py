@@ -30,3 +30,27 @@ class StateDirError(OstraconError):
 
 class ClusterError(OstraconError, RuntimeError):
     """The Ray cluster cannot be reached, or cannot host the workers asked for."""
+
+
+class UnknownIdsError(RequestError):
+    """Sample ids that are not in the training data (the message lists them, capped); nothing changed."""
+
+
+class HeldOutIdsError(RequestError):
+    """Sample ids of the held-out test split, never trained on, so there is nothing to delete."""
+
+
+class IdempotencyConflictError(OstraconError):
+    """An idempotency key reused with a different request body."""
+
+
+class OperationNotFoundError(OstraconError, KeyError):
+    """No operation has the given id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class PreconditionError(OstraconError):
+    """A request that is well formed but cannot be carried out in the current state (e.g. cancelling a
+    running operation, or a deletion mode that is not available yet)."""

@@ -12,6 +12,9 @@ change is one transaction, committed and synced before the files derived from it
 ``store_files`` the sha256 of every shard store's ``rows.npz`` as last written
 ``schedule``    the timing-dependent events of training (a worker that missed a round's deadline or
                 was still busy), replayed by every later replay and by ``verify``
+``operations``  the coordinator's journal of deletion operations (``ostracon.cluster.operations``), and
+``operation_events`` their numbered state changes; an operation that reaches the ledger is linked to
+                its request in the same transaction, so the two never disagree after a crash
 
 Shard stores' tombstone logs, ``state.json`` and certificate files are derived from these rows and
 checked against them; a derived file that is lost or damaged is rebuilt from the ledger, never
@@ -26,15 +29,17 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from .errors import OstraconError
 
 FILE = "ledger.sqlite"
 FORMAT = 1
 
-# Request steps, in order; DONE is final.
-JOURNALED, TOMBSTONED, PUBLISHED, DONE = "journaled", "tombstoned", "published", "done"
+# Request steps, in order; DONE is final. ABANDONED (final): a replay that kept failing, rolled back
+# before anything was published (its ids are no longer deleted).
+JOURNALED, TOMBSTONED, PUBLISHED, DONE, ABANDONED = "journaled", "tombstoned", "published", "done", "abandoned"
+FINAL_STEPS = (DONE, ABANDONED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,6 +76,28 @@ CREATE TABLE IF NOT EXISTS schedule (
     grp INTEGER NOT NULL, stage INTEGER NOT NULL, round INTEGER NOT NULL, worker INTEGER NOT NULL,
     status TEXT NOT NULL,
     PRIMARY KEY (grp, stage, round, worker)
+);
+CREATE TABLE IF NOT EXISTS operations (
+    id TEXT PRIMARY KEY,
+    idempotency_key TEXT UNIQUE,
+    body_sha256 TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    method TEXT NOT NULL,
+    sample_ids TEXT NOT NULL,
+    state TEXT NOT NULL,
+    progress REAL NOT NULL,
+    message TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    request_id INTEGER REFERENCES requests(id),
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operation_events (
+    op_id TEXT NOT NULL REFERENCES operations(id),
+    sequence INTEGER NOT NULL,
+    snapshot TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (op_id, sequence)
 );
 """
 
@@ -152,9 +179,11 @@ class Ledger:
                            [(k, json.dumps(v, sort_keys=True)) for k, v in values.items()])
 
     # ----- requests and deletions ------------------------------------------------------------------
-    def journal(self, requested: list[str], placement: Mapping[str, tuple[int, int, int]], mode: str) -> Request:
+    def journal(self, requested: list[str], placement: Mapping[str, tuple[int, int, int]], mode: str,
+                also: Callable[[sqlite3.Connection, int], None] | None = None) -> Request:
         """Record a request and the ids it deletes, in one synced transaction: from here on it is
-        acknowledged, and the next command finishes it if this one dies."""
+        acknowledged, and the next command finishes it if this one dies. ``also(db, request_id)``
+        runs inside the same transaction (the coordinator links its operations to the request)."""
         now = time.time()
         ids = list(placement)
         with self.transaction() as db:
@@ -165,16 +194,31 @@ class Ledger:
             rid = int(cur.lastrowid)
             db.executemany("INSERT INTO deletions(sample_id, request_id, grp, worker, slice) VALUES (?, ?, ?, ?, ?)",
                            [(i, rid, g, j, s) for i, (g, j, s) in placement.items()])
+            if also is not None:
+                also(db, rid)
         return Request(rid, mode, JOURNALED, list(requested), ids)
 
     def set_step(self, request_id: int, step: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE requests SET step = ?, updated = ? WHERE id = ?", (step, time.time(), request_id))
 
+    def abandon(self, request_id: int, also: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Roll back an unpublished request (its replay kept failing): its ids are no longer deleted,
+        and the stores' extra tombstones are repaired by the next ``sync_stores``."""
+        with self.transaction() as db:
+            step = db.execute("SELECT step FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if step is None or step[0] not in (JOURNALED, TOMBSTONED):
+                raise LedgerError(f"request {request_id} is {step[0] if step else 'unknown'}: only an unpublished "
+                                  "request can be abandoned")
+            db.execute("DELETE FROM deletions WHERE request_id = ?", (request_id,))
+            db.execute("UPDATE requests SET step = ?, updated = ? WHERE id = ?", (ABANDONED, time.time(), request_id))
+            if also is not None:
+                also(db)
+
     def requests(self, unfinished_only: bool = False) -> list[Request]:
         sql = "SELECT id, mode, step, requested, ids FROM requests"
         if unfinished_only:
-            sql += f" WHERE step != '{DONE}'"
+            sql += f" WHERE step NOT IN ('{DONE}', '{ABANDONED}')"
         return [Request(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4])) for r in self._query(sql + " ORDER BY id")]
 
     def deletions(self) -> dict[str, Deletion]:
@@ -231,6 +275,10 @@ class Ledger:
         with self.transaction() as db:
             db.execute("DELETE FROM schedule")
             db.executemany("INSERT INTO schedule(grp, stage, round, worker, status) VALUES (?, ?, ?, ?, ?)", rows)
+
+    def ensure_schema(self) -> None:
+        """Create the tables a ledger written by an older ostracon lacks (the operations journal)."""
+        self._db.executescript(_SCHEMA)
 
     def check(self) -> None:
         """SQLite's own consistency check plus this format's tables; raises :class:`LedgerError`."""

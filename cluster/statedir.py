@@ -41,6 +41,11 @@ def exclusive(state_dir: str | os.PathLike, command: str) -> Iterator[None]:
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
+            info = _read_holder(fd)
+            if info.get("command") == "serve":
+                raise StateLockedError(f"{state_dir} is served by {_holder(fd)}: send deletions to that server with "
+                                       "`ostracon delete --target HOST:PORT --ids ...` (its address is in "
+                                       f"{os.path.join(state_dir, 'server.json')})") from None
             raise StateLockedError(f"{state_dir} is in use by {_holder(fd)}; one command at a time per "
                                    "state directory (wait for it, or use `ostracon delete` against a server)") from None
         os.ftruncate(fd, 0)

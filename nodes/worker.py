@@ -172,6 +172,14 @@ class Worker:
         self._data_cache = None
         return removed
 
+    def reopen_store(self) -> int:
+        """Re-read this worker's store from its directory (the coordinator tombstoned or repaired it
+        there, holding the state directory's lock); returns the live row count."""
+        if self.store.path is not None:
+            self.store = ShardStore.open(self.store.path)
+            self._data_cache = None
+        return len(self.store)
+
     def data_ids(self, max_slice: int) -> list[str]:
         return [str(i) for i in self.store.view(max_slice)[0]]
 

@@ -108,7 +108,8 @@ def _readme_row(command: str) -> str:
     return rows[0].split(" | ")[0]
 
 
-@pytest.mark.parametrize("command", ["train", "unlearn", "verify", "demo"])
+@pytest.mark.parametrize("command", ["train", "unlearn", "verify", "demo", "serve", "delete", "ops", "status",
+                                     "certificate"])
 def test_readme_command_table_lists_every_option(command):
     subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
     row = _readme_row(command)

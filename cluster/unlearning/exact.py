@@ -55,37 +55,75 @@ class ReplayResult:
     failures: list[dict] = field(default_factory=list)
 
 
-def replay_groups(st: TrainedState, starts: dict[int, int], backend: Backend | None, on_round=None) -> ReplayResult:
-    """Replay each group ``g`` of ``starts`` from stage ``starts[g]`` with the recorded schedule,
-    writing staged checkpoints (``*.replay``); a worker failure redoes the group's stage."""
+@dataclass
+class LiveWorkers:
+    """A started backend holding the plan's workers, and the seeded initial states they had right after
+    start (stage-0 replays begin there). Whoever started it owns it: replays never stop it."""
+
+    backend: Backend
+    initial: dict[int, dict]
+
+    def reopen_stores(self, workers) -> None:
+        """Make the live workers re-read their stores from disk after the driver changed them."""
+        if workers:
+            self.backend.call(sorted(workers), "reopen_store")
+
+
+def start_workers(st: TrainedState, groups=None, backend: Backend | None = None) -> LiveWorkers:
+    """Start the workers of ``groups`` (all by default) on ``backend`` (the config's by default)."""
+    plan = st.plan
+    groups = plan.groups if groups is None else sorted(groups)
+    backend = backend or make_backend(st.config)
+    backend.start([s for s in plan.specs if s.group in groups], plan.data)
+    try:
+        initial = backend.call([j for g in groups for j in plan.trainers(g)], "get_state")
+    except BaseException:
+        backend.shutdown()
+        raise
+    return LiveWorkers(backend, initial)
+
+
+def replay_groups(st: TrainedState, starts: dict[int, int], live: LiveWorkers, on_round=None,
+                  on_stage=None) -> ReplayResult:
+    """Replay each group ``g`` of ``starts`` from stage ``starts[g]`` with the recorded schedule on the
+    started workers of ``live``, writing staged checkpoints (``*.replay``); a worker failure redoes the
+    group's stage. ``on_stage(stage, first, last)`` is told when each stage is checkpointed."""
     config, plan = st.config, st.plan
+    backend = live.backend
     _, record = st.ledger.latest_version()
     store = st.checkpoints
     result = ReplayResult()
-    backend = backend or make_backend(config)
-    try:
-        backend.start([s for s in plan.specs if s.group in starts], plan.data)
-        session = Session(plan, backend, schedule=st.ledger.schedule(), replay_schedule=True,
-                          max_stage_attempts=config.backend.max_restarts + 1)
-        initial = session.states(sorted(starts))  # fresh workers hold the seeded initial models
-        states: dict[int, dict] = {}
-        for stage in range(min(starts.values()), config.unlearning.slices):
-            for g in sorted(g for g, k in starts.items() if k == stage):
-                if stage == 0:
-                    states.update({j: initial[j] for j in plan.trainers(g)})
-                else:
-                    states.update(store.states(g, stage - 1, sha256=record["checkpoints"][f"{g}/{stage - 1}"]["sha256"]))
-            active = sorted(g for g, k in starts.items() if k <= stage)
-            hook = (lambda t: on_round(t, backend)) if on_round is not None else None
-            states = session.run_stage(active, stage, states, on_round=hook)
-            for g, info in store.save_stage(plan, backend, states, active, stage, suffix=REPLAY_SUFFIX).items():
-                result.checkpoints[(g, stage)] = {"data_digest": info["data_digest"], "sha256": info["sha256"]}
-                faults.point(f"deletion.replayed:group-{g}/stage-{stage}")
-        result.gradient_evaluations = int(sum(session.gradient_evaluations.values()))
-        result.failures = session.take_failures()
-    finally:
-        backend.shutdown()
+    session = Session(plan, backend, schedule=st.ledger.schedule(), replay_schedule=True,
+                      max_stage_attempts=config.backend.max_restarts + 1)
+    states: dict[int, dict] = {}
+    first, last = min(starts.values()), config.unlearning.slices - 1
+    for stage in range(first, last + 1):
+        for g in sorted(g for g, k in starts.items() if k == stage):
+            if stage == 0:
+                states.update({j: live.initial[j] for j in plan.trainers(g)})
+            else:
+                states.update(store.states(g, stage - 1, sha256=record["checkpoints"][f"{g}/{stage - 1}"]["sha256"]))
+        active = sorted(g for g, k in starts.items() if k <= stage)
+        hook = (lambda t: on_round(t, backend)) if on_round is not None else None
+        states = session.run_stage(active, stage, states, on_round=hook)
+        for g, info in store.save_stage(plan, backend, states, active, stage, suffix=REPLAY_SUFFIX).items():
+            result.checkpoints[(g, stage)] = {"data_digest": info["data_digest"], "sha256": info["sha256"]}
+            faults.point(f"deletion.replayed:group-{g}/stage-{stage}")
+        if on_stage is not None:
+            on_stage(stage, first, last)
+    result.gradient_evaluations = int(sum(session.gradient_evaluations.values()))
+    result.failures = session.take_failures()
     return result
+
+
+def replay_cold(st: TrainedState, starts: dict[int, int], backend: Backend | None, on_round=None,
+                on_stage=None) -> ReplayResult:
+    """The command line's replay: start the affected groups' workers, replay, shut them down."""
+    live = start_workers(st, starts, backend)
+    try:
+        return replay_groups(st, starts, live, on_round, on_stage)
+    finally:
+        live.backend.shutdown()
 
 
 def replay_starts(st: TrainedState, request: Request) -> tuple[dict[int, int], list[str], list[str]]:
@@ -110,20 +148,32 @@ def replay_starts(st: TrainedState, request: Request) -> tuple[dict[int, int], l
 
 
 def run_request(st: TrainedState, request: Request, backend: Backend | None = None, on_round=None,
-                began: float | None = None) -> dict:
-    """Carry a journaled request through every remaining step; returns its certificate."""
+                began: float | None = None, *, live: LiveWorkers | None = None, on_stage=None) -> dict:
+    """Carry a journaled request through every remaining step; returns its certificate.
+
+    With ``live`` (a warm cluster) the replay runs on its started workers, whose stores are re-read
+    after the driver tombstones them; else ``backend`` (or the config's) is started and stopped."""
     began = time.perf_counter() if began is None else began
     ledger, config, plan = st.ledger, st.config, st.plan
     if request.step == PUBLISHED:
         return finish_published(st, request.id)
+    hashes = ledger.store_hashes()
     repairs = sync_stores(st)
+    if live is not None:
+        now = ledger.store_hashes()
+        live.reopen_stores([j for j in plan.data if now.get(j) != hashes.get(j)])
     if request.step == JOURNALED:
         ledger.set_step(request.id, TOMBSTONED)
     faults.point("deletion.tombstoned")
     version, record = ledger.latest_version()
     starts, not_replayed, checkpoint_repairs = replay_starts(st, request)
     repairs += checkpoint_repairs
-    result = replay_groups(st, starts, backend, on_round) if starts else ReplayResult()
+    if not starts:
+        result = ReplayResult()
+    elif live is not None:
+        result = replay_groups(st, starts, live, on_round, on_stage)
+    else:
+        result = replay_cold(st, starts, backend, on_round, on_stage)
     index = dict(record["checkpoints"])
     for (g, s), info in sorted(result.checkpoints.items()):
         sha = st.checkpoints.promote(g, s, REPLAY_SUFFIX)  # the old checkpoint trained on a deleted id: destroyed
@@ -203,15 +253,35 @@ def finish_published(st: TrainedState, request_id: int) -> dict:
     return cert
 
 
-def recover(st: TrainedState, backend: Backend | None = None, on_round=None) -> list[dict]:
+def recover(st: TrainedState, backend: Backend | None = None, on_round=None, *,
+            live: LiveWorkers | None = None) -> list[dict]:
     """Finish every acknowledged request an earlier command left unfinished; returns their certificates."""
     certs = []
     for request in st.ledger.requests(unfinished_only=True):
         log.warning("finishing interrupted deletion request %d of %d id(s) (it stopped after step %r)",
                     request.id, len(request.ids), request.step)
-        certs.append(run_request(st, request, backend, on_round))
-        backend = None  # a backend serves one replay: the next one starts its own
+        certs.append(run_request(st, request, backend, on_round, live=live))
+        backend = None  # a cold backend serves one replay: the next one starts its own
     return certs
+
+
+def abandon_request(st: TrainedState, request_id: int, live: LiveWorkers | None = None, also=None) -> list[str]:
+    """Roll back a request whose replay kept failing, before anything was published: the ledger stops
+    deleting its ids (``also(db)`` runs in that transaction), staged checkpoints are removed, and the
+    stores (and the live workers) are made to agree with the ledger again. Returns the repairs."""
+    st.ledger.abandon(request_id, also)
+    for group in st.plan.groups:
+        for stage in range(st.config.unlearning.slices):
+            staged = st.checkpoints.path(group, stage, REPLAY_SUFFIX)
+            if os.path.exists(staged):
+                os.remove(staged)
+    st.refresh()
+    hashes = st.ledger.store_hashes()
+    repairs = sync_stores(st)
+    if live is not None:
+        now = st.ledger.store_hashes()
+        live.reopen_stores([j for j in st.plan.data if now.get(j) != hashes.get(j)])
+    return repairs
 
 
 def final_thetas(st: TrainedState, index: dict) -> dict[int, np.ndarray]:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from ..errors import RequestError
+from ..errors import HeldOutIdsError, RequestError, UnknownIdsError
 
 
 class UnlearningError(RequestError):
     """A deletion request that cannot be carried out as given; nothing was changed."""
+
+
+class UnknownIdsUnlearningError(UnlearningError, UnknownIdsError):
+    """Ids not in the training data."""
+
+
+class HeldOutIdsUnlearningError(UnlearningError, HeldOutIdsError):
+    """Ids of the held-out test split."""
 
 
 def _preview(items: list[str], limit: int = 20) -> str:
@@ -38,9 +46,9 @@ def validate_request(ids: Iterable[str], placement: Mapping[str, tuple], deleted
     held_out = set(test_ids)
     in_test = [i for i in ids if i not in placement and i in held_out]
     if in_test:
-        raise UnlearningError(f"sample id(s) in the held-out test split, never trained on: {_preview(in_test)}")
+        raise HeldOutIdsUnlearningError(f"sample id(s) in the held-out test split, never trained on: {_preview(in_test)}")
     unknown = [i for i in ids if i not in placement]
     if unknown:
-        raise UnlearningError(f"unknown sample id(s) (not in the training data): {_preview(unknown)}")
+        raise UnknownIdsUnlearningError(f"unknown sample id(s) (not in the training data): {_preview(unknown)}")
     already = [i for i in ids if i in deleted]
     return [i for i in ids if i not in deleted], already
