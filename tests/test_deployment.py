@@ -214,3 +214,32 @@ def test_kill_9_while_running_and_pending_completes_every_operation_once(state, 
         rows = ledger._query("SELECT state, request_id FROM operations")
     assert all(s == "SUCCEEDED" and rid is not None for s, rid in rows)
     _ = json  # (kept for symmetry with the other deletion tests)
+
+
+def test_a_replay_that_keeps_failing_fails_the_operation_and_publishes_nothing(state, config):
+    from ostracon.cluster.protocols import StageFailedError
+
+    ids = trainer_ids(config, 2, seed=61)
+    failing = {"on": True}
+
+    def worker_lost_for_good(t, backend):
+        if failing["on"]:
+            raise StageFailedError("stage 1 of group(s) [0] failed 4 times (test)")
+
+    with open_ledger(state, readonly=True) as ledger:
+        version_before = ledger.latest_version()[0]
+    with Deployment(state, on_round=worker_lost_for_good) as dep:
+        op = dep.delete(ids)
+        final = wait_done(dep, op.id)[-1][1]
+        assert final.state == "FAILED" and "nothing was published" in final.message and final.model_version == 0
+        with pytest.raises(PreconditionError):
+            dep.certificate(op.id)
+        assert dep.status().model_version == version_before
+        with open_ledger(state, readonly=True) as ledger:
+            assert ledger.latest_version()[0] == version_before and not ledger.deletions()
+            assert [r.step for r in ledger.requests()] == ["abandoned"]
+        failing["on"] = False
+        retry = dep.delete(ids)
+        assert wait_done(dep, retry.id)[-1][1].state == "SUCCEEDED"
+        assert dep.operation(op.id).state == "FAILED"
+    assert_consistent(state, config, ids, retrain_digests(config, ids))
