@@ -92,9 +92,7 @@ class Deployment:
                 raise self._error
             self._accepting = True
         except BaseException:
-            self._stop_thread(drain=False)
-            stack.close()
-            self._stack = None
+            self.close(drain=False)
             raise
 
     def _train_first(self) -> None:

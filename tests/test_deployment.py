@@ -4,7 +4,6 @@ kill -9 of a serving process with one operation RUNNING and others PENDING."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -213,4 +212,43 @@ def test_kill_9_while_running_and_pending_completes_every_operation_once(state, 
     with open_ledger(state, readonly=True) as ledger:
         rows = ledger._query("SELECT state, request_id FROM operations")
     assert all(s == "SUCCEEDED" and rid is not None for s, rid in rows)
-    _ = json  # (kept for symmetry with the other deletion tests)
+
+
+def test_a_replay_that_keeps_failing_fails_the_operation_and_publishes_nothing(state, config):
+    from ostracon.cluster.protocols import StageFailedError
+
+    ids = trainer_ids(config, 2, seed=61)
+    failing = {"on": True}
+
+    def worker_lost_for_good(t, backend):
+        if failing["on"]:
+            raise StageFailedError("stage 1 of group(s) [0] failed 4 times (test)")
+
+    with open_ledger(state, readonly=True) as ledger:
+        version_before = ledger.latest_version()[0]
+    with Deployment(state, on_round=worker_lost_for_good) as dep:
+        op = dep.delete(ids)
+        final = wait_done(dep, op.id)[-1][1]
+        assert final.state == "FAILED" and "nothing was published" in final.message and final.model_version == 0
+        with pytest.raises(PreconditionError):
+            dep.certificate(op.id)
+        assert dep.status().model_version == version_before
+        with open_ledger(state, readonly=True) as ledger:
+            assert ledger.latest_version()[0] == version_before and not ledger.deletions()
+            assert [r.step for r in ledger.requests()] == ["abandoned"]
+        failing["on"] = False
+        retry = dep.delete(ids)
+        assert wait_done(dep, retry.id)[-1][1].state == "SUCCEEDED"
+        assert dep.operation(op.id).state == "FAILED"
+    assert_consistent(state, config, ids, retrain_digests(config, ids))
+
+
+def test_an_empty_directory_with_a_config_is_trained_then_served(tmp_path, trained, config):
+    cfg = tmp_path / "config.json"
+    shutil.copy(trained / "config.json", cfg)
+    state = tmp_path / "fresh"
+    with Deployment(state, config_path=cfg) as dep:
+        assert dep.ready and dep.status().model_version == 1
+        assert len(dep.status().workers) == len(make_plan(config).specs)
+    with open_ledger(state, readonly=True) as served, open_ledger(trained, readonly=True) as reference:
+        assert served.latest_version()[1]["group_digests"] == reference.latest_version()[1]["group_digests"]

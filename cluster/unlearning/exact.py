@@ -280,7 +280,10 @@ def abandon_request(st: TrainedState, request_id: int, live: LiveWorkers | None 
     repairs = sync_stores(st)
     if live is not None:
         now = st.ledger.store_hashes()
-        live.reopen_stores([j for j in st.plan.data if now.get(j) != hashes.get(j)])
+        try:
+            live.reopen_stores([j for j in st.plan.data if now.get(j) != hashes.get(j)])
+        except Exception as exc:  # noqa: BLE001 - a dead worker rebuilds from the repaired store if it restarts
+            log.warning("a live worker could not re-read its store after the rollback: %s", exc)
     return repairs
 
 

@@ -46,7 +46,8 @@ def validate_request(ids: Iterable[str], placement: Mapping[str, tuple], deleted
     held_out = set(test_ids)
     in_test = [i for i in ids if i not in placement and i in held_out]
     if in_test:
-        raise HeldOutIdsUnlearningError(f"sample id(s) in the held-out test split, never trained on: {_preview(in_test)}")
+        raise HeldOutIdsUnlearningError("sample id(s) in the held-out test split, never trained on: "
+                                        f"{_preview(in_test)}")
     unknown = [i for i in ids if i not in placement]
     if unknown:
         raise UnknownIdsUnlearningError(f"unknown sample id(s) (not in the training data): {_preview(unknown)}")
