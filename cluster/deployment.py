@@ -237,8 +237,8 @@ class Deployment:
             self._journal.notify()
             self._probe_workers()
             return
+        self._probe_workers()  # before the operations settle: a client that sees SUCCEEDED sees the restarts too
         self._succeed(st, ops, request.id, cert)
-        self._probe_workers()
 
     def _succeed(self, st, ops, request_id: int, cert: dict | None = None) -> None:
         if cert is None:
