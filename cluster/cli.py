@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
 
     p = sub.add_parser("bench", help="run a benchmark and print its table")
-    p.add_argument("name", choices=("robustness", "aggregators", "scale", "unlearning"))
+    p.add_argument("name", choices=("robustness", "aggregators", "scale", "unlearning", "service"))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
 
     p = sub.add_parser("demo", help="train on digits with Byzantine workers, delete samples exactly, verify")

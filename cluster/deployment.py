@@ -19,6 +19,7 @@ import logging
 import os
 import json
 import threading
+import time
 from contextlib import ExitStack
 from typing import Callable, Iterator, Mapping
 
@@ -35,6 +36,8 @@ from .training import served_worker
 log = logging.getLogger(__name__)
 
 APPROXIMATE_MODES = ("approximate", "approximate_then_exact")
+HOLD_ENV = "OSTRACON_TEST_HOLD_REPLAY_WHILE"  # tests and drills: a path; each replay round waits while it exists
+HOLD_POLL_S = 0.05
 
 __all__ = ["ClusterStatus", "Deployment", "Operation", "WorkerStatus"]
 
@@ -255,10 +258,18 @@ class Deployment:
         self._journal.update(op_ids, progress=round(0.95 * done, 4), message=f"replayed stage {stage} of {last}")
 
     def _round_hook(self, t: int, backend) -> None:
+        self._hold_while_requested()
         if self._abort:
             raise _Interrupted()
         if self.on_round is not None:
             self.on_round(t, backend)
+
+    def _hold_while_requested(self) -> None:
+        """Pause the replay while the file named by ``$OSTRACON_TEST_HOLD_REPLAY_WHILE`` exists, so a
+        subprocess drill can queue operations behind a RUNNING one deterministically (never set in production)."""
+        hold = os.environ.get(HOLD_ENV)
+        while hold and os.path.exists(hold) and not self._abort:
+            time.sleep(HOLD_POLL_S)
 
     def _cache_model(self, st) -> None:
         from .unlearning.exact import final_thetas

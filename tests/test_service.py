@@ -22,16 +22,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ostracon.cluster import CoordinatorClient
-from ostracon.cluster.deployment import Deployment
+from ostracon.cluster.deployment import HOLD_ENV, Deployment
+from ostracon.cluster.ledger import open_ledger
 from ostracon.cluster.plan import make_plan
 from ostracon.cluster.service.client import CoordinatorError
 from ostracon.cluster.service.server import CoordinatorServer
 from ostracon.cluster.service.tensors import encode
 from ostracon.cluster.training import train
+from ostracon.cluster.unlearning import verify_state_dir
 from ostracon.v1 import coordinator_pb2 as pb
 from ostracon.v1 import coordinator_pb2_grpc as pb_grpc
 from conftest import small_config
-from test_deletion_core import trainer_ids
+from test_deletion_core import assert_consistent, retrain_digests, trainer_ids
 from test_unlearning import SISA, tree_bytes
 
 TOKEN = "t0ken-for-tests"
@@ -392,3 +394,92 @@ def test_cli_serve_delete_wait_certificate_status_ops_and_sigterm(tmp_path, trai
         out, err = server.communicate(timeout=300)
     assert server.returncode == 0, err
     assert not (state / "server.json").exists()
+
+
+# ----- kill -9 of the server process ---------------------------------------------------------------------
+
+def _start_server(state, env, log_path):
+    """``ostracon serve`` on a free loopback port; stderr to a file (a full pipe would block the server)."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "ostracon.cluster.cli", "serve", "--state-dir", str(state),
+                                 "--port", "0"], stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO)
+
+
+def _address_of(server, log_path):
+    line = server.stdout.readline()  # blocks until the server is healthy (or gone)
+    assert line.startswith("serving ostracon.v1.Coordinator on 127.0.0.1:"), (line, server.poll(),
+                                                                              log_path.read_text()[-3000:])
+    return line.split(" on ", 1)[1].strip()
+
+
+def _wait_until_running(client, op_id):
+    for _, op in client.watch(op_id):
+        if op["state"] == "RUNNING":
+            return
+    raise AssertionError(f"{op_id} ended without running: {client.operation(op_id)}")
+
+
+def _journal_rows(state):
+    with open_ledger(state, readonly=True) as ledger:
+        return {op_id: (s, json.loads(ids), rid)
+                for op_id, s, ids, rid in ledger._query("SELECT id, state, sample_ids, request_id FROM operations")}
+
+
+def test_kill_9_of_the_server_with_running_and_pending_deletions_then_restart_completes_each_once(
+        tmp_path, trained, config):
+    state = tmp_path / "state"
+    shutil.copytree(trained, state)
+    ids = trainer_ids(config, 4, seed=71)
+    hold = tmp_path / "hold-replay"
+    hold.touch()  # the first replay waits at its first round until the others are queued behind it
+    env = {k: v for k, v in os.environ.items() if k not in ("OSTRACON_TOKEN", "OSTRACON_FAULT", HOLD_ENV)}
+    crashing = _start_server(state, {**env, "OSTRACON_FAULT": "deletion.promoted:*", HOLD_ENV: str(hold)},
+                             tmp_path / "crash.log")
+    acknowledged: dict[str, list[str]] = {}
+    try:
+        with CoordinatorClient(_address_of(crashing, tmp_path / "crash.log"), timeout=60) as client:
+            first = client.delete([ids[0]])
+            acknowledged[first["id"]] = [ids[0]]
+            _wait_until_running(client, first["id"])
+            for sample in ids[1:]:
+                acknowledged[client.delete([sample])["id"]] = [sample]
+            assert [client.operation(o)["state"] for o in acknowledged] == ["RUNNING"] + ["PENDING"] * 3
+            hold.unlink()  # the replay goes on and the server kills itself at its first promotion
+        crashing.wait(timeout=600)
+    finally:
+        if crashing.poll() is None:
+            crashing.kill()
+    assert crashing.returncode == -signal.SIGKILL, (tmp_path / "crash.log").read_text()[-3000:]
+
+    # Every acknowledged deletion is durable: RUNNING (carried by the one unfinished ledger request) or PENDING.
+    rows = _journal_rows(state)
+    assert {o: r[:2] for o, r in rows.items()} == {o: (s, acknowledged[o]) for o, s in
+                                                  zip(acknowledged, ["RUNNING"] + ["PENDING"] * 3)}
+    with open_ledger(state, readonly=True) as ledger:
+        assert [r.ids for r in ledger.requests(unfinished_only=True)] == [[ids[0]]]
+
+    restarted = _start_server(state, env, tmp_path / "restart.log")
+    try:
+        with CoordinatorClient(_address_of(restarted, tmp_path / "restart.log"), timeout=120) as client:
+            finals = {o: list(client.watch(o))[-1][1] for o in acknowledged}
+            assert {o: op["state"] for o, op in finals.items()} == {o: "SUCCEEDED" for o in acknowledged}
+            certificates = {o: client.certificate(o) for o in acknowledged}
+            assert len(client.operations(page_size=100)[0]) == len(acknowledged), "no operation was duplicated"
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.communicate(timeout=300)
+    assert restarted.returncode == 0, (tmp_path / "restart.log").read_text()[-3000:]
+
+    for o, cert in certificates.items():
+        assert set(acknowledged[o]) <= set(cert["deleted"]), o
+    on_disk = [i for name in sorted(os.listdir(state / "certificates"))
+               for i in json.loads((state / "certificates" / name).read_text())["deleted"]]
+    assert sorted(on_disk) == sorted(ids), "each acknowledged id in exactly one certificate"
+    rows = _journal_rows(state)
+    assert all(s == "SUCCEEDED" for s, _, _ in rows.values())
+    assert {o: rid for o, (_, _, rid) in rows.items()} == {o: c["request_id"] for o, c in certificates.items()}
+    with open_ledger(state, readonly=True) as ledger:
+        assert sorted(r.id for r in ledger.requests()) == sorted({c["request_id"] for c in certificates.values()})
+    assert_consistent(state, config, ids, retrain_digests(config, ids))  # ledger = stores = certificates = models
+    report = verify_state_dir(state)
+    assert report["ok"] and not report["pending"], report["failures"]
