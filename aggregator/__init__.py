@@ -1,7 +1,7 @@
 """Robust aggregation: rules, pre-aggregations and attacks, as pure functions on tensors.
 
 >>> import torch
->>> from aggregator import aggregate
+>>> from ostracon.aggregator import aggregate
 >>> x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [1e9, -1e9]])
 >>> aggregate(x, "cwtm", f=1)
 tensor([1.5000, 0.5000])

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from ostracon.nodes.shard_store import ShardStore
-from ostracon.nodes.worker import Worker, WorkerSpec
+from ostracon.nodes.worker import NO_ANSWER, SENT, Worker, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,17 @@ def build_worker(spec: WorkerSpec, data: WorkerData) -> Worker:
     return Worker(spec, store)
 
 
+# Why a worker's vector is missing from a round (``StepResult.failures``). LATE and BUSY depend on
+# timing, so training records them in the schedule; DIED makes the protocol redo the group's stage.
+LATE = "missed deadline"  # it ran the step, but answered after the round's deadline
+BUSY = "busy: previous round still running"  # its previous step was late: this one was not sent
+DIED = "actor died"
+
+
 @dataclass
 class StepResult:
-    """Vector handles of the workers that answered, and why the others did not."""
+    """Vector handles of the workers that answered, and why the others did not (``NO_DATA``,
+    ``NO_ANSWER`` from the worker itself; ``LATE``, ``BUSY``, ``DIED`` from the backend)."""
 
     vectors: dict[int, Any] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
@@ -70,8 +78,6 @@ class Backend(Protocol):
 
     def put(self, array: np.ndarray) -> Any: ...
 
-    def restarted(self) -> set[int]: ...
-
     def shutdown(self) -> None: ...
 
 
@@ -93,10 +99,10 @@ class LocalBackend:
             began = time.perf_counter()
             vector = self.workers[j].step(stage, step, t, incoming.get(j))
             if vector is None:
-                result.failures[j] = "no answer"
+                result.failures[j] = self.workers[j].last_status
             elif deadline_s and time.perf_counter() - began > deadline_s:
                 # It answered, but too late for this round: the others mix without it.
-                result.failures[j] = "missed deadline"
+                result.failures[j] = LATE
             else:
                 result.vectors[j] = vector
         return result
@@ -106,7 +112,7 @@ class LocalBackend:
         for j in workers:
             vector = self.workers[j].attack(list(honest), t)
             if vector is None:
-                result.failures[j] = "no answer"
+                result.failures[j] = NO_ANSWER
             else:
                 result.vectors[j] = vector
         return result
@@ -122,9 +128,6 @@ class LocalBackend:
 
     def put(self, array: np.ndarray) -> Any:
         return array
-
-    def restarted(self) -> set[int]:
-        return set()
 
     def shutdown(self) -> None:
         self.workers.clear()

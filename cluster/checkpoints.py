@@ -1,9 +1,10 @@
 """Per-(group, stage) checkpoints: SISA's slice checkpoints, durable and auditable.
 
 A checkpoint holds, for every training worker of one group at the end of one
-stage, its parameters and momentum (the whole optimiser state: every random
-draw is re-derived from ``(seed, node, stage, step)``), plus the digest of
-the ids the stage trained on. Files are written atomically (temp + fsync +
+stage, its whole state (parameters, momentum and any per-worker rule state;
+every random draw is re-derived from ``(seed, node, stage, step)``), plus the
+digest of the ids the stage trained on. Its sha256 is recorded in the ledger
+and checked before every use. Files are written atomically (temp + fsync +
 rename) and loaded with ``torch.load(weights_only=True)``.
 """
 
@@ -17,8 +18,10 @@ import numpy as np
 import torch
 
 
+from .errors import OstraconError
 from .plan import RunPlan, ids_digest
 
+FORMAT = 2
 RNG_DERIVATION = "batch indices: torch.Generator seeded by sha256(seed:node:stage:step)"
 
 
@@ -29,29 +32,27 @@ class CheckpointStore:
     def path(self, group: int, stage: int, suffix: str = "") -> str:
         return os.path.join(self.root, f"group-{group}", f"stage-{stage}.pt{suffix}")
 
-    def save_stage(self, plan: RunPlan, session, groups: Sequence[int], stage: int,
+    def save_stage(self, plan: RunPlan, backend, states: dict[int, dict], groups: Sequence[int], stage: int,
                    suffix: str = "") -> dict[int, dict]:
-        """Checkpoint every group of ``groups`` at the end of ``stage``; returns {group: info}.
+        """Checkpoint every group of ``groups`` at the end of ``stage`` from the trainers' ``states``
+        (as :meth:`Session.run_stage` returns them); returns ``{group: {path, data_digest, sha256}}``.
 
         ``suffix`` writes a staged replacement (``stage-r.pt.replay``) that :meth:`promote` later
         moves over the current file, so the old checkpoint survives until its replacement is complete.
         """
-        states = session.states(groups)
         infos = {}
         for g in groups:
-            ids = stage_data_ids(session.backend, plan, g, stage)
+            ids = stage_data_ids(backend, plan, g, stage)
             payload = {
-                "format": 1,
+                "format": FORMAT,
                 "group": g,
                 "stage": stage,
                 "seed": plan.config.seed,
                 "rng": RNG_DERIVATION,
                 "data_digest": ids_digest(ids),
+                # Every key of a worker's state (parameters, momentum, any rule state): all of it shapes later rounds.
                 "workers": {
-                    str(j): {
-                        "theta": torch.from_numpy(np.array(states[j]["theta"], dtype=np.float32)),
-                        "momentum": torch.from_numpy(np.array(states[j]["momentum"], dtype=np.float32)),
-                    }
+                    str(j): {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sorted(states[j].items())}
                     for j in plan.trainers(g)
                 },
             }
@@ -73,15 +74,32 @@ class CheckpointStore:
     def exists(self, group: int, stage: int) -> bool:
         return os.path.exists(self.path(group, stage))
 
-    def states(self, group: int, stage: int) -> dict[int, dict]:
+    def states(self, group: int, stage: int, sha256: str | None = None) -> dict[int, dict]:
+        """The workers' states in checkpoint ``(group, stage)``; with ``sha256``, the file must have it."""
+        path = self.path(group, stage)
+        if sha256 is not None:
+            found = file_sha256(path) if os.path.exists(path) else None
+            if found != sha256:
+                raise CheckpointError(f"checkpoint {path} is {'missing' if found is None else 'damaged'} "
+                                      f"(sha256 {found or '-'} != recorded {sha256})")
         payload = self.load(group, stage)
-        return {int(j): {"theta": w["theta"].numpy(), "momentum": w["momentum"].numpy()}
-                for j, w in payload["workers"].items()}
+        return {int(j): {k: v.numpy() for k, v in w.items()} for j, w in payload["workers"].items()}
+
+    def check(self, group: int, stage: int, sha256: str) -> str | None:
+        """None if the checkpoint has the recorded hash, else what is wrong with it."""
+        path = self.path(group, stage)
+        if not os.path.exists(path):
+            return "missing"
+        return None if file_sha256(path) == sha256 else "sha256 differs from the ledger"
+
+
+class CheckpointError(OstraconError, RuntimeError):
+    """A checkpoint a decision depends on is missing or differs from its recorded hash."""
 
 
 def stage_data_ids(backend, plan: RunPlan, group: int, stage: int) -> list[str]:
-    """Every id that ``group``'s workers train on in ``stage`` (slices ``0..stage``)."""
-    per_worker = backend.call(plan.group_workers(group), "data_ids", stage)
+    """Every id that ``group``'s training workers train on in ``stage`` (slices ``0..stage``)."""
+    per_worker = backend.call(plan.trainers(group), "data_ids", stage)
     return [i for ids in per_worker.values() for i in ids]
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
+
+from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,10 +27,6 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 BACKENDS = ("local", "ray")
 PLACEMENTS = ("none", "spread", "pack")
 VOTES = ("majority", "mean_proba")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +136,12 @@ def load(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) ->
             raw = json.load(fh) if path.endswith(".json") else tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; -c expects a TOML config file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied reading the config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); expected a TOML config file") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML/JSON: {exc}") from None
     return from_dict(_apply_overrides(raw, overrides or {}))
@@ -185,6 +190,10 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
             kwargs[name] = _typed(name, raw[name], type(getattr(Config(), name)))
     for section, cls in SECTIONS.items():
         kwargs[section] = _section(section, cls, raw.get(section, {}))
+    if kwargs["data"].path:
+        # Stored absolute, so `unlearn` and `verify` find the data from any working directory.
+        absolute = os.path.abspath(os.path.expanduser(kwargs["data"].path))
+        kwargs["data"] = dataclasses.replace(kwargs["data"], path=absolute)
     config = Config(**kwargs)
     validate(config)
     return config
@@ -220,6 +229,8 @@ def _typed(key: str, value: Any, kind: type) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if kind is str:
         if not isinstance(value, str):
@@ -326,7 +337,7 @@ def _check_rule_call(config: Config) -> None:
     vectors = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3) / (n * 3)
     try:
         aggregate(vectors, t.rule, f=t.f, pivot=vectors[0], pre=t.pre, **dict(t.rule_params))
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"training.rule / training.rule_params / training.pre: {exc}") from None
     if b.count and b.behaviour in ATTACKS:
         params = dict(b.params)
@@ -336,7 +347,7 @@ def _check_rule_call(config: Config) -> None:
                 vectors[: max(1, n - b.count)], f=t.f, num_byzantine=b.count,
                 defense=lambda v: aggregate(v, "mean"), generator=torch.Generator().manual_seed(0), **params,
             )
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"byzantine.params: {exc}") from None
 
 

@@ -19,6 +19,7 @@ from .plan import make_plan
 
 
 def run_demo(outdir: str | None = None, backend: str = "local") -> int:
+    chosen_by_user = outdir is not None
     outdir = outdir or tempfile.mkdtemp(prefix="ostracon-demo-")
     state_dir = os.path.join(outdir, "run")
     # Shipped inside the package (not examples/), so the demo runs from any install.
@@ -40,4 +41,6 @@ def run_demo(outdir: str | None = None, backend: str = "local") -> int:
     for g, row in sorted(report["groups"].items()):
         print(f"    group {g}: {'MATCH' if row['match'] else 'MISMATCH'} {row['recomputed'][:16]}")
     print("demo OK: the deletion is exact" if report["ok"] else "demo FAILED: digests differ")
+    if not chosen_by_user:
+        print(f"kept the run in {outdir} (state, checkpoints, certificate); delete it when done, or pass -o DIR")
     return 0 if report["ok"] else 1

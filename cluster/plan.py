@@ -10,18 +10,23 @@ some ids puts every other sample exactly where it was.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from dataclasses import dataclass
-from typing import Iterable
+import zipfile
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from ostracon.nodes.data import Dataset, load_dataset
 from ostracon.nodes.partition import place
-from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec
+from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec, spec_model
 
 from .backends import WorkerData
-from .config import Config, ConfigError
+from .config import Config
+from .errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class RunPlan:
     test_labels: np.ndarray
     num_classes: int
     test_ids: np.ndarray
+    # Every training id of the source data -> (group, worker, slice), excluded ids included.
+    placement: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def group_workers(self, group: int) -> list[int]:
         return [s.index for s in self.specs if s.group == group]
@@ -46,16 +53,73 @@ class RunPlan:
     def attackers(self, group: int) -> list[int]:
         return [s.index for s in self.specs if s.group == group and s.attack is not None]
 
+    def trainers_all(self) -> list[int]:
+        """Every worker that trains on its data, over all groups."""
+        return [s.index for s in self.specs if s.trains]
+
     @property
     def groups(self) -> list[int]:
         return list(range(self.config.unlearning.groups))
 
 
 def load_config_dataset(config: Config) -> Dataset:
+    """The configured dataset; a file that cannot be read as that source is a :class:`DataError` naming it."""
     d = config.data
-    if d.source == "synthetic":
-        return load_dataset("synthetic", seed=config.seed, samples=d.samples, features=d.features, classes=d.classes)
-    return load_dataset(d.source, path=d.path or None)
+    try:
+        if d.source == "synthetic":
+            return load_dataset("synthetic", seed=config.seed, samples=d.samples, features=d.features,
+                                classes=d.classes)
+        return load_dataset(d.source, path=d.path or None)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if d.path:
+            where = "data.path" if d.path in str(exc) else f"data.path = {d.path!r}"
+        else:
+            where = f"data.source = {d.source!r}"
+        raise DataError(f"{where}: {exc}") from exc
+
+
+def _worker_counts(config: Config, train_samples: int) -> str:
+    return (f"{train_samples} training sample(s) (after data.test_fraction = {config.data.test_fraction}) for "
+            f"{config.num_workers} workers (training.workers = {config.training.workers} x unlearning.groups = "
+            f"{config.unlearning.groups})")
+
+
+def require_sample_per_worker(config: Config, train_samples: int) -> None:
+    """Fewer samples than workers leaves some worker without data: refuse the run, naming the counts."""
+    if train_samples < config.num_workers:
+        raise DataError(f"{_worker_counts(config, train_samples)}: every worker needs data; "
+                        "use fewer workers or groups, or more data")
+
+
+def warn_if_sparse(config: Config, plan: "RunPlan") -> None:
+    """Warn when workers hold on average less than one batch (e.g. many groups over a small dataset),
+    and name the workers that hold no data at all (they sit out every round)."""
+    train_samples = sum(len(d.ids) for d in plan.data.values())
+    empty = [j for j in plan.trainers_all() if len(plan.data[j].ids) == 0]
+    if empty:
+        log.warning("worker(s) %s hold no training sample (data.partition = %r): they sit out every round",
+                    ", ".join(map(str, empty[:20])) + (" ..." if len(empty) > 20 else ""), config.data.partition)
+    per_worker = train_samples / config.num_workers
+    if per_worker < config.training.batch_size:
+        log.warning("%s: about %.1f per worker, fewer than training.batch_size = %d; each local step "
+                    "resamples the same few rows (fewer groups or workers would train better)",
+                    _worker_counts(config, train_samples), per_worker, config.training.batch_size)
+
+
+def validate_run(config: Config) -> Dataset:
+    """Load the data and build one model: data and model errors surface before anything is written.
+
+    Returns the dataset, so the caller can train on it without loading it again.
+    """
+    dataset = load_config_dataset(config)
+    plan = make_plan(config, dataset=dataset)
+    warn_if_sparse(config, plan)
+    try:
+        spec_model(plan.specs[0])
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model.params = {dict(config.model.params)} for model.name = "
+                          f"{config.model.name!r}: {exc}") from None
+    return dataset
 
 
 def stage_rounds(config: Config) -> list[int]:
@@ -70,9 +134,11 @@ def stage_start(config: Config, stage: int) -> int:
 
 
 def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
-              dataset: Dataset | None = None) -> RunPlan:
-    """Load the data, place every sample, and describe every worker."""
+              dataset: Dataset | None = None, exclude: Iterable[str] = ()) -> RunPlan:
+    """Load the data, place every sample, and describe every worker; the rows of ``exclude`` (the
+    deleted ids) are placed like the others but given to no worker."""
     dataset = dataset if dataset is not None else load_config_dataset(config)
+    excluded = np.isin(dataset.ids, np.asarray(sorted(exclude), dtype=str)) if exclude else np.zeros(len(dataset), bool)
     d, t, b, u = config.data, config.training, config.byzantine, config.unlearning
     n = config.num_workers
     holders = data_holders(config)
@@ -85,6 +151,7 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
         test_fraction=d.test_fraction, partition=d.partition, alpha=d.alpha,
         classes_per_worker=d.classes_per_worker, num_classes=dataset.num_classes,
     )
+    require_sample_per_worker(config, int((~placement.is_test).sum()))
     specs, data = [], {}
     for j in range(n):
         group, position = divmod(j, t.workers)
@@ -103,15 +170,30 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
             device=config.backend.device,
         ))
         source = _data_source(config, j)
-        rows = placement.worker == (-2 if source is None else holders.index(source))  # -2: no rows
+        rows = (placement.worker == (-2 if source is None else holders.index(source))) & ~excluded  # -2: none
         data[j] = WorkerData(
             ids=dataset.ids[rows], features=dataset.features[rows], labels=dataset.labels[rows],
             slices=placement.slice[rows],
             store_path=None if state_dir is None else os.path.join(os.fspath(state_dir), "stores", f"worker-{j}"),
         )
     test = placement.is_test
+    train_rows = np.flatnonzero(~test)
+    owners = np.asarray(holders, dtype=np.int64)[placement.worker[train_rows]]  # placement index -> worker
+    groups = owners // t.workers
+    where = {sid: (int(g), int(j), int(k)) for sid, g, j, k in zip(
+        dataset.ids[train_rows].tolist(), groups.tolist(), owners.tolist(),
+        placement.slice[train_rows].tolist())}
     return RunPlan(config, tuple(specs), data, dataset.features[test], dataset.labels[test], dataset.num_classes,
-                   dataset.ids[test])
+                   dataset.ids[test], where)
+
+
+def dataset_digest(dataset: Dataset) -> str:
+    """sha256 over a dataset's ids, labels and feature bytes: the source data a state was trained on."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(dataset.ids).tobytes())
+    h.update(np.ascontiguousarray(dataset.labels, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(dataset.features, dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 SPLITS = ("all", "honest")

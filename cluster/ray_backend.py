@@ -3,13 +3,15 @@
 Vectors move through Ray's object store: each ``step`` returns its vector
 as a separate object (one put per worker per round) and receivers read the
 handles zero-copy. A dead actor is restarted by Ray (``max_restarts``); the
-protocol then resynchronises it from a healthy peer.
+protocol then redoes its group's stage from the stage's start, so a failure
+never changes a published model.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Any, Mapping, Sequence
 
@@ -20,11 +22,54 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ostracon.nodes.seeding import set_deterministic
-from ostracon.nodes.worker import WorkerSpec
+from ostracon.nodes.worker import NO_ANSWER, SENT, WorkerSpec
 
-from .backends import StepResult, WorkerData, build_worker
+from .backends import BUSY, DIED, LATE, StepResult, WorkerData, build_worker
+from .errors import ClusterError
+from .ray_logs import ray_logging_level, route_driver_messages, stderr_relayed
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {"ray://": 10001, "": 6379}  # Ray client server, GCS
+
+
+def check_reachable(backend) -> None:
+    """Fail within ``backend.start_timeout_s``, naming the address, when no Ray cluster answers at
+    ``backend.address`` (Ray itself would retry the GCS for minutes, printing each attempt)."""
+    address = backend.address
+    if not address:
+        return
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=backend.start_timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClusterError(
+            f"backend.address = {address!r}: no Ray cluster answers at {host}:{port} ({reason}, waited at most "
+            f"backend.start_timeout_s = {backend.start_timeout_s:g}s); start one with `ray start --head` or "
+            "fix the address"
+        ) from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``ray://HOST[:PORT]`` or ``auto`` (the cluster Ray finds on this machine) -> (host, port)."""
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            address = canonicalize_bootstrap_address("auto")
+        except ConnectionError:
+            raise ClusterError("backend.address = 'auto': no running Ray cluster found on this machine; start one "
+                               "with `ray start --head`, or give HOST:PORT") from None
+    scheme = "ray://" if address.startswith("ray://") else ""
+    rest = address[len(scheme):]
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        return rest, DEFAULT_PORTS[scheme]
+    if not port.isdigit():
+        raise ClusterError(f"backend.address = {address!r}: expected 'auto', HOST:PORT or ray://HOST:PORT")
+    return host.strip("[]"), int(port)
 
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
 PACK_LIMIT_BYTES = 8 << 20  # a group's vectors up to this size travel as one stacked object
@@ -43,12 +88,12 @@ class WorkerActor:
     @ray.method(num_returns=2)
     def step(self, stage: int, step: int, t: int, kind: str | None, *payload):
         vector = self.worker.step(stage, step, t, _incoming(kind, payload))
-        return vector is not None, vector
+        return self.worker.last_status if vector is None else SENT, vector
 
     @ray.method(num_returns=2)
     def attack(self, t: int, *honest):
         vector = self.worker.attack(list(honest), t)
-        return vector is not None, vector
+        return NO_ANSWER if vector is None else SENT, vector
 
     def receive(self, kind: str | None, *payload):
         self.worker.receive(_incoming(kind, payload))
@@ -84,7 +129,6 @@ class RayBackend:
         self.config = config
         self.actors: dict[int, Any] = {}
         self._busy: dict[int, Any] = {}
-        self._died: set[int] = set()
         self._placement_group = None
         self._started_ray = False
         # Constructor arguments stay referenced while the actors live: Ray needs them to restart one.
@@ -94,8 +138,13 @@ class RayBackend:
     def start(self, specs: Sequence[WorkerSpec], data: Mapping[int, WorkerData]) -> None:
         be = self.config.backend
         if not ray.is_initialized():
-            ray.init(address=be.address or None, log_to_driver=False)
+            check_reachable(be)
+            try:
+                ray.init(address=be.address or None, log_to_driver=False, logging_level=ray_logging_level())
+            except ConnectionError as exc:
+                raise ClusterError(f"backend.address = {be.address!r}: {exc}") from None
             self._started_ray = True
+            route_driver_messages()
         elif be.address:
             log.warning("backend.address=%r ignored: this process is already connected to a Ray cluster",
                         be.address)
@@ -104,24 +153,34 @@ class RayBackend:
         if be.placement != "none":
             bundle = {"CPU": num_cpus} | ({"GPU": be.num_gpus} if be.num_gpus else {})
             self._placement_group = placement_group([bundle] * len(specs), strategy=be.placement.upper())
-            ray.get(self._placement_group.ready(), timeout=120)
+            try:
+                ray.get(self._placement_group.ready(), timeout=be.start_timeout_s)
+            except GetTimeoutError:
+                self.shutdown()
+                raise ClusterError(
+                    f"backend.placement = {be.placement!r}: {len(specs)} bundles of {bundle} were not placed "
+                    f"within backend.start_timeout_s = {be.start_timeout_s:g}s; the cluster has "
+                    f"{ray.cluster_resources()}. Lower backend.num_cpus/num_gpus, add nodes, or use placement "
+                    "'none'."
+                ) from None
         actor_cls = ray.remote(WorkerActor)
-        for i, spec in enumerate(specs):
-            opts = dict(options)
-            if self._placement_group is not None:
-                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group=self._placement_group, placement_group_bundle_index=i
+        with stderr_relayed():  # the core worker's ERROR line about constructor args in the object store
+            for i, spec in enumerate(specs):
+                opts = dict(options)
+                if self._placement_group is not None:
+                    opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                        placement_group=self._placement_group, placement_group_bundle_index=i
+                    )
+                self._init_args[spec.index] = ray.put(data[spec.index])
+                self.actors[spec.index] = actor_cls.options(**opts).remote(
+                    spec, self._init_args[spec.index], self.config.deterministic, self.config.threads
                 )
-            self._init_args[spec.index] = ray.put(data[spec.index])
-            self.actors[spec.index] = actor_cls.options(**opts).remote(
-                spec, self._init_args[spec.index], self.config.deterministic, self.config.threads
-            )
         # Fail fast (with the actor's own error) if a worker cannot be built or placed.
         try:
             ray.get([a.call.remote("pid") for a in self.actors.values()], timeout=be.start_timeout_s)
         except GetTimeoutError:
             self.shutdown()
-            raise RuntimeError(
+            raise ClusterError(
                 f"{len(specs)} worker actors did not start within {be.start_timeout_s:.0f}s: each asks for "
                 f"num_cpus={num_cpus}, num_gpus={be.num_gpus}; the cluster has {ray.cluster_resources()}. "
                 "Lower backend.num_cpus/num_gpus (0 = share the CPUs evenly), add nodes, or raise "
@@ -152,7 +211,7 @@ class RayBackend:
         packed: dict[int, tuple] = {}
         for j in workers:
             if not self._free(j):
-                result.failures[j] = "busy: previous round still running"
+                result.failures[j] = BUSY
                 continue
             message = incoming.get(j)
             if message is not None and message[0] == "mix":
@@ -192,18 +251,18 @@ class RayBackend:
         for flag in ready:
             j = flags[flag]
             try:
-                answered = ray.get(flag)
+                status = ray.get(flag)
             except ACTOR_FAILURES as exc:
-                result.failures[j] = f"actor died: {type(exc).__name__}"
-                self._died.add(j)
+                log.warning("worker %d: actor died (%s)", j, type(exc).__name__)
+                result.failures[j] = DIED
                 continue
-            if answered:
+            if status == SENT:
                 result.vectors[j] = calls[j][1]
             else:
-                result.failures[j] = "no answer"
+                result.failures[j] = status
         for flag in late:
             j = flags[flag]
-            result.failures[j] = "missed deadline"
+            result.failures[j] = LATE
             self._busy[j] = flag
         return result
 
@@ -220,8 +279,9 @@ class RayBackend:
                 try:
                     out[j] = ray.get(ref)
                     break
-                except ActorUnavailableError:
-                    # The actor is restarting: control calls wait for it (rounds do not).
+                except ACTOR_FAILURES:
+                    # The actor is restarting: control calls wait for it (rounds do not). The protocol
+                    # notices the restart by the worker's new incarnation and redoes its stage.
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
@@ -239,11 +299,6 @@ class RayBackend:
 
     def put(self, array: np.ndarray) -> Any:
         return ray.put(array)
-
-    def restarted(self) -> set[int]:
-        """Workers that died since the last call (Ray restarts them; the protocol resyncs them)."""
-        died, self._died = self._died, set()
-        return died
 
     def kill(self, worker: int) -> None:
         """Kill a worker's process; Ray restarts it if ``max_restarts`` allows (fault injection)."""

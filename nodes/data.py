@@ -42,6 +42,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -379,6 +380,10 @@ def _npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz source: no file at {path}")
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle, or fail on an empty file
+        size = path.stat().st_size
+        raise ValueError(f"{path}: not an .npz archive ({'empty file' if size == 0 else f'{size} bytes'}); "
+                         "expected numpy.savez output with arrays X and y")
     with np.load(path, allow_pickle=False) as archive:
         x = _npz_array(archive, "X", path)
         y = _npz_array(archive, "y", path)
@@ -386,6 +391,8 @@ def _npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     n = y.shape[0] if y.ndim else -1
     if y.ndim != 1:
         raise ValueError(f"{path}: key 'y' must be 1-D (N,), got shape {y.shape}")
+    if y.size == 0:
+        raise ValueError(f"{path}: holds no samples (key 'y' is empty)")
     if y.dtype.kind not in "iu":
         raise ValueError(f"{path}: key 'y' must hold integer labels, got dtype {y.dtype}")
     if y.size and y.min() < 0:
@@ -398,7 +405,9 @@ def _npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     if not np.isfinite(x).all():
         raise ValueError(f"{path}: key 'X' contains NaN or Inf")
     ids = _index_ids(n) if raw_ids is None else _npz_ids(raw_ids, n, path)
-    num_classes = int(y.max()) + 1 if y.size else 1
+    num_classes = int(y.max()) + 1
+    if num_classes < 2:
+        raise ValueError(f"{path}: key 'y' holds only label 0; a classifier needs at least 2 classes")
     return ids, x, y.astype(np.int64), num_classes
 
 

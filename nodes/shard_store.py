@@ -22,7 +22,10 @@ so a deleted id is never seen again, even when the store is rebuilt from the
 original source with :meth:`ShardStore.from_arrays`.
 
 One process owns a store directory at a time (the worker actor that holds the
-shard); there is no cross-process lock.
+shard); the state directory's lock (``ostracon.cluster``) keeps other writers out.
+In a state directory the stores are derived data: the deletion ledger is the
+source of truth, and a lost or damaged store is rebuilt from it
+(:meth:`ShardStore.rebuild`), never from the source data alone.
 """
 
 from __future__ import annotations
@@ -107,10 +110,30 @@ class ShardStore:
             _write_rows(path, survivors)  # the crash left tombstoned rows on disk: finish the compaction
         return cls(*survivors, deleted=deleted, path=path)
 
+    @classmethod
+    def rebuild(cls, path: str | os.PathLike, ids, features, labels, slices, deleted: Iterable[str]) -> "ShardStore":
+        """Rewrite the store in ``path`` from scratch: ``deleted`` is its whole tombstone log (one batch)
+        and the given rows minus ``deleted`` its rows. Used to repair a lost or damaged store from a
+        trusted record of deletions; both files are replaced atomically, the log first."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        deleted = set(_request_ids(sorted(deleted)))
+        rows = _drop(_validate_rows(ids, features, labels, slices), deleted)
+        _write_log(path, sorted(deleted))
+        _write_rows(path, rows)
+        return cls(*rows, deleted=deleted, path=path)
+
     @staticmethod
-    def read_tombstones(path: str | os.PathLike) -> set[str]:
-        """The deleted ids logged in store directory ``path`` without loading its rows (empty if no log)."""
-        return _read_log(Path(path))
+    def read_tombstones(path: str | os.PathLike, *, repair: bool = True) -> set[str]:
+        """The deleted ids logged in store directory ``path`` without loading its rows (empty if no log).
+
+        ``repair=False`` never writes (an audit): a partial last line is ignored instead of cut off."""
+        return _read_log(Path(path), repair=repair)
+
+    @staticmethod
+    def rows_file(path: str | os.PathLike) -> Path:
+        return Path(path) / ROWS_FILE
 
     # ----------------------------------------------------------------- queries
 
@@ -193,7 +216,7 @@ class ShardStore:
         )
         raise ValueError(
             f"the store at {self.path} holds different rows than the given arrays: {detail}; "
-            "open it with ShardStore.open or remove the directory to rebuild"
+            "open it with ShardStore.open; a state directory's stores are repaired from its deletion ledger"
         )
 
 
@@ -378,7 +401,19 @@ def _append_tombstones(path: Path, ids: list[str]) -> None:
         _fsync_directory(path)
 
 
-def _read_log(path: Path) -> set[str]:
+def _write_log(path: Path, ids: list[str]) -> None:
+    """Replace the log atomically by one batch holding ``ids`` (an empty file when there are none)."""
+    tmp = path / (LOG_FILE + _TMP_SUFFIX)
+    with open(tmp, "wb") as handle:
+        if ids:
+            handle.write((json.dumps({"ids": ids, "time": time.time()}, ensure_ascii=False) + "\n").encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path / LOG_FILE)
+    _fsync_directory(path)
+
+
+def _read_log(path: Path, repair: bool = True) -> set[str]:
     """All tombstoned ids; a partial final line (crash mid-append, never acknowledged) is cut off."""
     log = path / LOG_FILE
     if not log.exists():
@@ -388,7 +423,7 @@ def _read_log(path: Path) -> set[str]:
     deleted: set[str] = set()
     for number, raw in enumerate(blob[:end].split(b"\n")[:-1], start=1):
         deleted.update(_parse_log_line(log, number, raw))
-    if end < len(blob):
+    if end < len(blob) and repair:
         _truncate(log, end)  # only after every complete line parsed: a corrupt log is left untouched
     return deleted
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -33,6 +34,10 @@ from .seeding import derive_seed, generator
 from .shard_store import ShardStore
 
 HONEST = "honest"
+# What a worker's last ``step`` did (the backends report it; the protocol acts on it).
+SENT = "sent"
+NO_DATA = "no data"  # an honest worker whose shard is empty: sends nothing, still follows its group's mix
+NO_ANSWER = "no answer"
 # Byzantine behaviours implemented by the worker itself; every other name is an attack from `aggregator`.
 WORKER_BEHAVIOURS = ("label_flip", "crash", "straggler")
 # Rules that bound the mixing step by the node's local step: they get the pre-step model as `anchor`.
@@ -140,6 +145,12 @@ class Worker:
         self._last_round = -1  # the round whose messages a pending mix holds
         self.mimic_direction: torch.Tensor | None = None  # mimic_variant's attacker state
         self.mimic_target: int | None = None
+        self.last_status = SENT
+        # A fresh token per construction: a restarted worker (new process) is told apart from the one it replaced.
+        self._incarnation = uuid.uuid4().hex
+
+    def incarnation(self) -> str:
+        return self._incarnation
 
     # ----- state ---------------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:
@@ -175,6 +186,14 @@ class Worker:
         removed = self.store.delete(list(ids))
         self._data_cache = None
         return removed
+
+    def reopen_store(self) -> int:
+        """Re-read this worker's store from its directory (the coordinator tombstoned or repaired it
+        there, holding the state directory's lock); returns the live row count."""
+        if self.store.path is not None:
+            self.store = ShardStore.open(self.store.path)
+            self._data_cache = None
+        return len(self.store)
 
     def data_ids(self, max_slice: int) -> list[str]:
         return [str(i) for i in self.store.view(max_slice)[0]]
@@ -220,10 +239,13 @@ class Worker:
     def step(self, stage: int, step: int, t: int, incoming: tuple | None = None) -> np.ndarray | None:
         """Apply ``incoming``, take one local step on slices ``0..stage``, return the vector to send.
 
-        Returns ``None`` when this worker does not answer (a crashed worker, or one with no data).
+        Returns ``None`` when this worker sends nothing (``last_status`` says why): a crashed worker
+        (``NO_ANSWER``), or one whose shard holds no data for this stage (``NO_DATA``): it takes no
+        step, and its pivot for the next mix is its current model, so it keeps following its group.
         """
         self.receive(incoming)
         self._last_round = t
+        self.last_status = NO_ANSWER
         behaviour = self.spec.behaviour
         if behaviour == "crash" and t >= int(self.spec.behaviour_params.get("round", 0)):
             return None
@@ -231,7 +253,10 @@ class Worker:
             return None
         x, y = self._training_data(stage)
         if x.shape[0] == 0:
+            self.half = self.theta.clone()
+            self.last_status = NO_DATA
             return None
+        self.last_status = SENT
         g = generator(self.spec.seed, self.spec.index, stage, step)
         idx = torch.randint(0, x.shape[0], (self.spec.batch_size,), generator=g).to(self.device)
         grad = self._gradient(x[idx], y[idx])
@@ -295,14 +320,17 @@ class Worker:
         if spec.protocol == "monna":
             # Decentralised: each honest worker mixes around its own vector; hurt them on average.
             def defense(vectors: torch.Tensor) -> torch.Tensor:
+                # Like `receive`: a round with absent workers is smaller, so cap f at what the rule accepts.
+                f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], spec.f)
                 outs = [
-                    aggregate(vectors, spec.rule, f=spec.f, pivot=p, pre=spec.pre, **dict(spec.rule_params))
+                    aggregate(vectors, spec.rule, f=f, pivot=p, pre=spec.pre, **dict(spec.rule_params))
                     for p in honest
                 ]
                 return torch.stack(outs).mean(0)
         else:
             def defense(vectors: torch.Tensor) -> torch.Tensor:
-                return aggregate(vectors, spec.rule, f=spec.f, pre=spec.pre, **dict(spec.rule_params))
+                f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], spec.f)
+                return aggregate(vectors, spec.rule, f=f, pre=spec.pre, **dict(spec.rule_params))
         return defense
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from ostracon.cluster.statedir import StateDirError
 from ostracon.cluster.training import train
 from conftest import small_config
 
@@ -18,7 +19,7 @@ def test_monna_trains_digits_and_writes_outputs(tmp_path):
     resolved = json.loads((out / "config.json").read_text())
     assert resolved == config.to_dict()
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["round"] for m in lines] == [20, 40, 60]
+    assert [m["round"] for m in lines] == [0, 20, 40, 60]  # round 0: the initial models
     honest = [str(s) for s in range(5)]  # workers 0..4 honest, 5 Byzantine
     assert sorted(lines[-1]["accuracy"]) == honest
     summary = json.loads((out / "summary.json").read_text())
@@ -86,7 +87,7 @@ def test_refuses_to_overwrite_a_trained_state(tmp_path):
     config = small_config(training={"rounds": 4, "eval_every": 4})
     train(config, tmp_path / "run", progress=False)
     before = (tmp_path / "run" / "summary.json").read_bytes()
-    with pytest.raises(FileExistsError, match="already holds a trained state"):
+    with pytest.raises(StateDirError, match="already holds a trained state"):
         train(config, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "summary.json").read_bytes() == before
 

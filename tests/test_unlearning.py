@@ -13,7 +13,7 @@ import torch
 from ostracon.cluster.checkpoints import CheckpointStore
 from ostracon.cluster.plan import ids_digest, load_config_dataset, make_plan
 from ostracon.cluster.training import train
-from ostracon.cluster.unlearning import PENDING, UnlearningError, locate, unlearn_state_dir, verify_state_dir
+from ostracon.cluster.unlearning import UnlearningError, locate, unlearn_state_dir, verify_state_dir
 from conftest import small_config
 from ostracon.nodes.shard_store import ShardStore
 
@@ -70,7 +70,11 @@ def test_exact_deletion_is_bit_identical_to_retraining(tmp_path, sisa_config):
     ids = pick_ids(sisa_config, 5, seed=3)
     cert = unlearn_state_dir(state, ids)
     assert cert["status"] == "deleted" and sorted(cert["deleted"]) == sorted(ids)
-    assert set(cert["groups"]) == {"0", "1"}
+    plan = make_plan(sisa_config)
+    trains = {i: plan.specs[cert["placement"][i]["worker"]].trains for i in ids}
+    # Ids held by an attacker (it never reads its data) are tombstoned without a replay.
+    assert sorted(cert["not_replayed"]) == sorted(i for i in ids if not trains[i])
+    assert set(cert["groups"]) == {str(cert["placement"][i]["group"]) for i in ids if trains[i]}
     fresh = train(sisa_config, None, progress=False, dataset=load_config_dataset(sisa_config).without(ids))
     replayed = final_thetas(state, sisa_config)
     honest = sorted(fresh.parameters)
@@ -86,7 +90,8 @@ def test_exact_deletion_is_bit_identical_to_retraining(tmp_path, sisa_config):
     assert cert["full_retrain_gradient_evaluations"] == trained.summary["gradient_evaluations"]
     for g, row in cert["groups"].items():
         k = row["restarted_from_stage"]
-        assert k == min(cert["placement"][i]["slice"] for i in ids if cert["placement"][i]["group"] == int(g))
+        assert k == min(cert["placement"][i]["slice"] for i in ids if cert["placement"][i]["group"] == int(g)
+                        and trains[i])
         assert row["replayed_stages"] == list(range(k, 4))
     assert verify_state_dir(state)["ok"]
 
@@ -104,7 +109,7 @@ def test_deleted_data_is_gone_from_disk(tmp_path, sisa_config):
     before = {p: hashlib.sha256(b).hexdigest() for p, b in tree_bytes(state).items() if p.endswith(".pt")}
     cert = unlearn_state_dir(state, ids)
     files = tree_bytes(state)
-    assert not any(p.endswith((".replay", ".tmp")) or p == PENDING for p in files)
+    assert not any(p.endswith((".replay", ".tmp")) for p in files)
     # The feature bytes of deleted samples appear in no file; a surviving sample's bytes still do.
     survivor = next(i for i in sorted(where) if i not in ids and where[i][1] == where[ids[0]][1])
     data = plan.data[where[survivor][1]]
@@ -117,11 +122,12 @@ def test_deleted_data_is_gone_from_disk(tmp_path, sisa_config):
     for j, d in plan.data.items():
         store = ShardStore.open(d.store_path)
         assert not set(ids) & set(store.ids.tolist())
-    # Every live checkpoint's data digest is the digest of surviving ids only.
+    # Every live checkpoint's data digest is the digest of the surviving ids its training workers hold.
     store = CheckpointStore(state)
     for g in range(2):
         for stage in range(4):
-            surviving = [i for i, (gg, _, s) in where.items() if gg == g and s <= stage and i not in ids]
+            surviving = [i for i, (gg, w, s) in where.items()
+                         if gg == g and s <= stage and i not in ids and plan.specs[w].trains]
             assert store.load(g, stage)["data_digest"] == ids_digest(surviving)
     # Superseded checkpoints are gone: no file holds their bytes any more.
     after = {hashlib.sha256(b).hexdigest() for p, b in files.items() if p.endswith(".pt")}
@@ -133,12 +139,12 @@ def test_deleted_data_is_gone_from_disk(tmp_path, sisa_config):
     # Certificates record sha256s before/after that match what was on disk.
     for g, row in cert["groups"].items():
         for s in row["replayed_stages"]:
-            assert row["checkpoints_before"][s]["sha256"] == before[f"checkpoints/group-{g}/stage-{s}.pt"]
-            assert row["checkpoints_after"][s]["sha256"] in after
+            assert row["checkpoints_before"][str(s)]["sha256"] == before[f"checkpoints/group-{g}/stage-{s}.pt"]
+            assert row["checkpoints_after"][str(s)]["sha256"] in after
 
 
 def test_ids_named_only_in_tombstones_and_certificates(tmp_path):
-    """With distinctive ids (user data), grep every file: only tombstones and certificates name them."""
+    """With distinctive ids (user data), grep every file: only the ledger, tombstones and certificates name them."""
     from ostracon.nodes.data import load_dataset
 
     digits = load_dataset("digits")
@@ -151,7 +157,7 @@ def test_ids_named_only_in_tombstones_and_certificates(tmp_path):
     chosen = pick_ids(config, 3, seed=11)
     unlearn_state_dir(state, chosen)
     for rel, blob in tree_bytes(state).items():
-        allowed = rel.endswith("tombstones.jsonl") or rel.startswith("certificates/")
+        allowed = rel.endswith("tombstones.jsonl") or rel.startswith(("certificates/", "ledger.sqlite"))
         for i in chosen:
             if not allowed:
                 assert i.encode() not in blob, f"{i} found in {rel}"
@@ -166,8 +172,8 @@ def test_bad_requests_change_nothing(tmp_path, sisa_config):
     test_id = str(plan.test_ids[0])
     cases = [
         ([], "empty"),
-        ([good, "no-such-id", "another-missing"], "no-such-id, another-missing"),
-        ([good, good], f"duplicate sample id\\(s\\) in the request: {good}"),
+        ([good, "no-such-id", "another-missing"], "'no-such-id', 'another-missing'"),
+        ([good, good], f"duplicate sample id\\(s\\) in the request: '{good}'"),
         ([test_id], f"held-out test split.*{test_id}"),
         ([good, 7], "non-empty strings"),
     ]
@@ -197,29 +203,6 @@ def test_repeated_and_partly_repeated_deletions(tmp_path, sisa_config):
     assert cert2["group_digests"] == fresh.summary["group_digests"]
 
 
-def test_interrupted_deletion_is_finished_by_the_next_request(tmp_path, sisa_config):
-    """A crash after the request was journaled and tombstoned, before the replay: nothing is lost."""
-    state = tmp_path / "state"
-    train(sisa_config, state, progress=False)
-    plan = make_plan(sisa_config, state_dir=state)
-    where = locate(plan)
-    lost, later = pick_ids(sisa_config, 2, seed=4, groups=[0, 1])
-    g, j, s = where[lost]
-    # The on-disk state such a crash leaves: journal written, tombstone durable, models not replayed.
-    (state / PENDING).write_text(json.dumps({"ids": [lost], "already_deleted": [], "groups": {str(g): s},
-                                             "model_version": 1, "requested": [lost]}))
-    d = plan.data[j]
-    ShardStore.from_arrays(d.ids, d.features, d.labels, d.slices, path=d.store_path).delete([lost])
-    cert = unlearn_state_dir(state, [later])
-    assert not (state / PENDING).exists()
-    assert cert["model_version_before"] == 2 and cert["deleted"] == [later]
-    certs = sorted(os.listdir(state / "certificates"))
-    assert certs == ["deletion-v2.json", "deletion-v3.json"]
-    fresh = train(sisa_config, None, progress=False,
-                  dataset=load_config_dataset(sisa_config).without([lost, later]))
-    assert cert["group_digests"] == fresh.summary["group_digests"]
-
-
 def test_verify_detects_a_tampered_state(tmp_path, sisa_config):
     state = tmp_path / "state"
     train(sisa_config, state, progress=False)
@@ -228,4 +211,40 @@ def test_verify_detects_a_tampered_state(tmp_path, sisa_config):
     doc["group_digests"]["1"] = "0" * 64
     (state / "state.json").write_text(json.dumps(doc))
     report = verify_state_dir(state)
-    assert not report["ok"] and not report["groups"]["1"]["match"] and report["groups"]["0"]["match"]
+    assert not report["ok"]
+    assert [f["name"] for f in report["failures"]] == ["STATE_JSON_MISMATCH"], report["failures"]
+
+
+def test_outputs_show_every_published_version(tmp_path, sisa_config):
+    """summary.json, metrics.jsonl and accuracy.png follow the deletions (not only version 1)."""
+    state = tmp_path / "state"
+    train(sisa_config, state, progress=False)
+    plot_before = (state / "accuracy.png").read_bytes()
+    ids = pick_ids(sisa_config, 3, seed=12)
+    cert = unlearn_state_dir(state, ids)
+    summary = json.loads((state / "summary.json").read_text())
+    assert summary["model_version"] == 2
+    assert summary["group_digests"] == cert["group_digests"]
+    assert [v["model_version"] for v in summary["versions"]] == [1, 2]
+    assert summary["ensemble_test_accuracy"] == cert["evaluation"]["ensemble_test_accuracy"]
+    assert summary["versions"][1]["ensemble_test_accuracy"] == cert["evaluation"]["ensemble_test_accuracy"]
+    rows = [json.loads(x) for x in (state / "metrics.jsonl").read_text().splitlines()]
+    assert [r["model_version"] for r in rows if r.get("kind") == "model_version"] == [1, 2]
+    assert rows[0]["round"] == 0
+    assert (state / "accuracy.png").read_bytes() != plot_before  # redrawn with version 2
+
+
+def test_an_id_held_by_an_attacker_is_tombstoned_without_a_replay(tmp_path, sisa_config):
+    state = tmp_path / "state"
+    trained = train(sisa_config, state, progress=False)
+    plan = make_plan(sisa_config)
+    where = locate(plan)
+    held = next(i for i, (_, j, _) in sorted(where.items()) if not plan.specs[j].trains)
+    cert = unlearn_state_dir(state, [held])
+    assert cert["not_replayed"] == [held] and cert["groups"] == {}
+    assert cert["gradient_evaluations"] == 0
+    assert "never reads its data" in cert["not_replayed_reason"]
+    assert cert["model_version_after"] == 2 and cert["group_digests"] == trained.summary["group_digests"]
+    store = ShardStore.open(state / "stores" / f"worker-{where[held][1]}")
+    assert held not in store and held in store.deleted()
+    assert verify_state_dir(state)["ok"]

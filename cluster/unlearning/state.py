@@ -1,0 +1,210 @@
+"""A trained state directory, opened under its lock: config, ledger, source data, and the audits of
+the files derived from the ledger (shard stores, checkpoints, ``state.json``, certificates)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from ostracon.nodes.data import Dataset
+from ostracon.nodes.seeding import set_deterministic
+from ostracon.nodes.shard_store import CorruptStoreError, ShardStore
+
+from .. import faults, statedir
+from ..errors import OstraconError, RequestError
+from ..checkpoints import CheckpointStore, file_sha256
+from ..config import Config, load
+from ..ledger import DONE, PUBLISHED, Deletion, Ledger, open_ledger
+from ..plan import RunPlan, dataset_digest, load_config_dataset, make_plan
+
+log = logging.getLogger(__name__)
+
+# Overrides a command may apply to a trained state's recorded config: where to run, never what.
+RUNTIME_KEYS = ("backend.",)
+
+
+class SourceChangedError(OstraconError, RuntimeError):
+    """The source data differs from what the state was trained on: exact deletion is impossible."""
+
+
+@dataclass
+class TrainedState:
+    state_dir: str
+    config: Config
+    ledger: Ledger
+    source: Dataset
+    deletions: dict[str, Deletion] = field(default_factory=dict)
+    plan: RunPlan | None = None
+
+    def refresh(self) -> None:
+        """Re-read the ledger's deletions; the workers' data is the source minus all of them."""
+        self.deletions = self.ledger.deletions()
+        self.plan = make_plan(self.config, state_dir=self.state_dir, dataset=self.source, exclude=self.deletions)
+
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        return CheckpointStore(self.state_dir)
+
+    def published_ids(self) -> set[str]:
+        published = {r.id for r in self.ledger.requests() if r.step in (PUBLISHED, DONE)}
+        return {i for i, d in self.deletions.items() if d.request_id in published}
+
+    def ids_by_worker(self, ids=None) -> dict[int, set[str]]:
+        out: dict[int, set[str]] = {}
+        for i, d in self.deletions.items():
+            if ids is None or i in ids:
+                out.setdefault(d.worker, set()).add(i)
+        return out
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def open_state(state_dir: str | os.PathLike, overrides: Mapping | None = None, *, readonly: bool = False) -> TrainedState:
+    """Open a trained state directory (the caller holds its lock); refuses an incomplete one, a
+    corrupt ledger, and source data that changed since training."""
+    state_dir = os.fspath(state_dir)
+    statedir.require_complete(state_dir)
+    config_path = os.path.join(state_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise statedir.StateDirError(f"{state_dir} is not a trained state directory (no config.json); "
+                                     "run `ostracon train -o` first")
+    overrides = dict(overrides or {})
+    bad = [k for k in overrides if not k.startswith(RUNTIME_KEYS)]
+    if bad:
+        raise RequestError(f"only backend settings can be overridden on a trained state, not: {', '.join(bad)}")
+    ledger = open_ledger(state_dir, readonly=readonly)
+    try:
+        config = load(config_path, overrides)
+        if config.deterministic:
+            set_deterministic(config.threads)
+        source = load_config_dataset(config)
+        recorded = ledger.meta("source_digest")
+        found = dataset_digest(source)
+        if found != recorded:
+            raise SourceChangedError(
+                f"the source data ({config.data.source}{' ' + config.data.path if config.data.path else ''}) "
+                f"differs from the data this state was trained on (sha256 {found[:16]}... != recorded "
+                f"{str(recorded)[:16]}...); exact deletion and verification need the original data")
+        state = TrainedState(state_dir, config, ledger, source)
+        state.refresh()
+    except BaseException:
+        ledger.close()
+        raise
+    return state
+
+
+# ----- shard stores -----------------------------------------------------------------------------------
+def store_problems(st: TrainedState, pending: set[str] = frozenset()) -> dict[int, str]:
+    """Each worker store that disagrees with the ledger, and how. Reads only (never repairs).
+
+    Ids in ``pending`` (journaled, not yet applied) may be missing from a store's log."""
+    hashes = st.ledger.store_hashes()
+    wanted = st.ids_by_worker()
+    problems: dict[int, str] = {}
+    for j, data in sorted(st.plan.data.items()):
+        rows = ShardStore.rows_file(data.store_path)
+        if not rows.is_file():
+            problems[j] = "missing (store directory or rows.npz lost)"
+            continue
+        try:
+            logged = ShardStore.read_tombstones(data.store_path, repair=False)
+        except CorruptStoreError as exc:
+            problems[j] = f"tombstone log unreadable ({exc})"
+            continue
+        want = wanted.get(j, set())
+        extra, missing = sorted(logged - want), sorted(want - logged - set(pending))
+        if extra or missing:
+            problems[j] = "tombstone log differs from the ledger: " + "; ".join(
+                part for part in (f"ids the ledger never deleted: {', '.join(extra[:10])}" if extra else "",
+                                  f"deleted ids missing: {', '.join(missing[:10])}" if missing else "") if part)
+            continue
+        if want - logged:
+            problems[j] = "pending: tombstones of a journaled request not yet written"
+            continue
+        if file_sha256(rows) != hashes.get(j):
+            problems[j] = "rows.npz differs from the sha256 recorded in the ledger"
+    return problems
+
+
+def live_deleted_ids(st: TrainedState, ids: set[str]) -> dict[int, list[str]]:
+    """Ids of ``ids`` still present in some store's rows.npz (read-only)."""
+    found: dict[int, list[str]] = {}
+    if not ids:
+        return found
+    query = np.asarray(sorted(ids), dtype=str)
+    for j, data in sorted(st.plan.data.items()):
+        rows = ShardStore.rows_file(data.store_path)
+        if not rows.is_file():
+            continue
+        try:
+            with np.load(rows, allow_pickle=False) as archive:
+                stored = archive["ids"]
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by store_problems
+            continue
+        hit = query[np.isin(query, stored)]
+        if len(hit):
+            found[j] = hit.tolist()
+    return found
+
+
+def sync_stores(st: TrainedState) -> list[str]:
+    """Make every store agree with the ledger: append the tombstones of journaled requests, and
+    rebuild a lost or damaged store from the source data minus the ledger's ids. Returns the repairs."""
+    repairs = []
+    wanted = st.ids_by_worker()
+    hashes = st.ledger.store_hashes()
+    pending = {i for r in st.ledger.requests(unfinished_only=True) for i in r.ids}
+    for j, problem in store_problems(st, pending).items():
+        data = st.plan.data[j]
+        want = wanted.get(j, set())
+        if problem.startswith("pending") and file_sha256(ShardStore.rows_file(data.store_path)) == hashes.get(j):
+            store = ShardStore.open(data.store_path)
+            store.delete(sorted(want - store.deleted()))
+        else:
+            log.warning("store of worker %d: %s; rebuilding it from the source data minus the ledger's %d deleted id(s)",
+                        j, problem, len(want))
+            ShardStore.rebuild(data.store_path, data.ids, data.features, data.labels, data.slices, want)
+            repairs.append(f"store of worker {j} rebuilt from the ledger ({problem})")
+        st.ledger.set_store_hashes({j: file_sha256(ShardStore.rows_file(data.store_path))})
+        faults.point(f"deletion.tombstoned:worker-{j}")
+    return repairs
+
+
+# ----- checkpoints ------------------------------------------------------------------------------------
+def checkpoint_problems(st: TrainedState) -> dict[tuple[int, int], str]:
+    _, record = st.ledger.latest_version()
+    problems = {}
+    for key, info in sorted(record["checkpoints"].items()):
+        g, s = (int(x) for x in key.split("/"))
+        problem = st.checkpoints.check(g, s, info["sha256"])
+        if problem:
+            problems[(g, s)] = problem
+    return problems
+
+
+# ----- state.json and certificates --------------------------------------------------------------------
+def state_json_problems(st: TrainedState) -> list[str]:
+    from ..training import derived_state
+
+    path = os.path.join(st.state_dir, "state.json")
+    try:
+        with open(path) as fh:
+            found = json.load(fh)
+    except FileNotFoundError:
+        return ["state.json is missing"]
+    except ValueError as exc:
+        return [f"state.json is not valid JSON ({exc})"]
+    expected = derived_state(st.ledger)
+    return [f"state.json {key}: {_short(found.get(key))} != ledger {_short(value)}"
+            for key, value in expected.items() if found.get(key) != value]
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 120 else text[:117] + "..."
