@@ -1,6 +1,7 @@
 """Per-(group, stage) checkpoints: SISA's slice checkpoints, durable and auditable.
 
-A checkpoint holds, for every training worker of one group at the end of one
+A checkpoint holds, for every stateful worker (trainers, and attackers that keep
+state across rounds) of one group at the end of one
 stage, its whole state (parameters, momentum and any per-worker rule state;
 every random draw is re-derived from ``(seed, node, stage, step)``), plus the
 digest of the ids the stage trained on. Its sha256 is recorded in the ledger
@@ -53,7 +54,7 @@ class CheckpointStore:
                 # Every key of a worker's state (parameters, momentum, any rule state): all of it shapes later rounds.
                 "workers": {
                     str(j): {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sorted(states[j].items())}
-                    for j in plan.trainers(g)
+                    for j in plan.stateful(g)
                 },
             }
             path = self.path(g, stage, suffix)

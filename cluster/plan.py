@@ -47,6 +47,10 @@ class RunPlan:
     def trainers(self, group: int) -> list[int]:
         return [s.index for s in self.specs if s.group == group and s.trains]
 
+    def stateful(self, group: int) -> list[int]:
+        """Workers whose state a checkpoint holds: the trainers and the attackers that keep state."""
+        return [s.index for s in self.specs if s.group == group and s.keeps_state]
+
     def honest(self, group: int) -> list[int]:
         return [s.index for s in self.specs if s.group == group and not s.is_byzantine]
 

@@ -126,7 +126,7 @@ class Session:
         first: a worker that restarts after this shows a different one at the end of the stage)."""
         self.flush(groups)
         known = self.backend.call([j for g in groups for j in self._members(g)], "incarnation")
-        self.load_states({j: start[j] for g in groups for j in self.plan.trainers(g)})
+        self.load_states({j: start[j] for g in groups for j in self.plan.stateful(g)})
         return known
 
     def _members(self, group: int) -> list[int]:
@@ -233,8 +233,9 @@ class Session:
 
     # ----- reading models --------------------------------------------------------------------------
     def states(self, groups: Sequence[int]) -> dict[int, dict]:
-        """The whole state of every training worker of ``groups`` (after ``flush``)."""
-        return self.backend.call([j for g in groups for j in self.plan.trainers(g)], "get_state")
+        """The whole state of every stateful worker of ``groups`` (after ``flush``): trainers, and attackers
+        that keep state across rounds."""
+        return self.backend.call([j for g in groups for j in self.plan.stateful(g)], "get_state")
 
     def load_states(self, states: dict[int, dict]) -> None:
         self.backend.call_each({j: ("set_state", s) for j, s in states.items()})

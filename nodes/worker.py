@@ -40,6 +40,8 @@ NO_DATA = "no data"  # an honest worker whose shard is empty: sends nothing, sti
 NO_ANSWER = "no answer"
 # Byzantine behaviours implemented by the worker itself; every other name is an attack from `aggregator`.
 WORKER_BEHAVIOURS = ("label_flip", "crash", "straggler")
+# Attacks whose worker keeps state across rounds (in get_state): checkpointed and restored like a trainer's.
+STATEFUL_ATTACKS = ("mimic_variant",)
 # Rules that bound the mixing step by the node's local step: they get the pre-step model as `anchor`.
 ANCHORED_RULES = frozenset({"bounded_nna"})
 MIMIC_WARMUP = 20  # mimic_variant's default warm-up rounds (10% of the benchmark's 200), then a fixed target
@@ -79,6 +81,11 @@ class WorkerSpec:
     def trains(self) -> bool:
         """Whether this worker computes gradients (honest ones and the behaviours that train)."""
         return self.behaviour == HONEST or self.behaviour in WORKER_BEHAVIOURS
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether later rounds depend on this worker's state (checkpoints and replays must carry it)."""
+        return self.trains or self.behaviour in STATEFUL_ATTACKS
 
     @property
     def attack(self) -> str | None:

@@ -248,3 +248,22 @@ def test_an_id_held_by_an_attacker_is_tombstoned_without_a_replay(tmp_path, sisa
     store = ShardStore.open(state / "stores" / f"worker-{where[held][1]}")
     assert held not in store and held in store.deleted()
     assert verify_state_dir(state)["ok"]
+
+
+def test_a_stateful_attacker_is_checkpointed_so_replays_stay_exact(tmp_path):
+    """mimic_variant's attacker learns its target during a warm-up: a replay from a later stage must
+    restore that state from the checkpoint, or the attack (and the models) would differ."""
+    config = small_config(**{**SISA, "byzantine": {"count": 1, "behaviour": "mimic_variant",
+                                                   "params": {"warmup": 8}}})
+    state = tmp_path / "state"
+    train(config, state, progress=False)
+    plan = make_plan(config)
+    where = locate(plan)
+    attacker = plan.attackers(0)[0]
+    assert attacker in {int(j) for j in CheckpointStore(state).load(0, 1)["workers"]}
+    late = [i for i, (g, j, s) in sorted(where.items()) if g == 0 and s == 3 and plan.specs[j].trains][:2]
+    cert = unlearn_state_dir(state, late)
+    assert cert["groups"]["0"]["restarted_from_stage"] == 3
+    fresh = train(config, None, progress=False, dataset=load_config_dataset(config).without(late))
+    assert cert["group_digests"] == fresh.summary["group_digests"]
+    assert cert["worker_digests"] == fresh.summary["worker_digests"]

@@ -76,7 +76,7 @@ def start_workers(st: TrainedState, groups=None, backend: Backend | None = None)
     backend = backend or make_backend(st.config)
     backend.start([s for s in plan.specs if s.group in groups], plan.data)
     try:
-        initial = backend.call([j for g in groups for j in plan.trainers(g)], "get_state")
+        initial = backend.call([j for g in groups for j in plan.stateful(g)], "get_state")
     except BaseException:
         backend.shutdown()
         raise
@@ -100,7 +100,7 @@ def replay_groups(st: TrainedState, starts: dict[int, int], live: LiveWorkers, o
     for stage in range(first, last + 1):
         for g in sorted(g for g, k in starts.items() if k == stage):
             if stage == 0:
-                states.update({j: live.initial[j] for j in plan.trainers(g)})
+                states.update({j: live.initial[j] for j in plan.stateful(g)})
             else:
                 states.update(store.states(g, stage - 1, sha256=record["checkpoints"][f"{g}/{stage - 1}"]["sha256"]))
         active = sorted(g for g, k in starts.items() if k <= stage)
