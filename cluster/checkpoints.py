@@ -20,6 +20,7 @@ import torch
 
 
 from .errors import OstraconError
+from .statedir import fsync_dir
 from .plan import RunPlan, ids_digest
 
 FORMAT = 2
@@ -113,14 +114,6 @@ def write_atomic(path: str, payload: dict) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path))
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def file_sha256(path: str) -> str:
