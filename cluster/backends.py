@@ -21,7 +21,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from ostracon.nodes.shard_store import ShardStore
-from ostracon.nodes.worker import NO_ANSWER, SENT, Worker, WorkerSpec
+from ostracon.nodes.worker import NO_ANSWER, Worker, WorkerSpec
 
 log = logging.getLogger(__name__)
 

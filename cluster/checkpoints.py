@@ -73,9 +73,6 @@ class CheckpointStore:
     def load(self, group: int, stage: int) -> dict:
         return torch.load(self.path(group, stage), weights_only=True)
 
-    def exists(self, group: int, stage: int) -> bool:
-        return os.path.exists(self.path(group, stage))
-
     def states(self, group: int, stage: int, sha256: str | None = None) -> dict[int, dict]:
         """The workers' states in checkpoint ``(group, stage)``; with ``sha256``, the file must have it."""
         path = self.path(group, stage)

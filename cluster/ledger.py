@@ -318,6 +318,3 @@ def open_ledger(state_dir: str | os.PathLike, readonly: bool = False) -> Ledger:
         raise
     return ledger
 
-
-def ids_placement(deletions: Iterable[Deletion]) -> dict[str, tuple[int, int, int]]:
-    return {d.sample_id: (d.group, d.worker, d.slice) for d in deletions}

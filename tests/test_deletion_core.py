@@ -17,28 +17,9 @@ from ostracon.cluster.ledger import open_ledger
 from ostracon.cluster.plan import load_config_dataset, make_plan
 from ostracon.cluster.training import train
 from ostracon.cluster.unlearning import SourceChangedError, locate, unlearn_state_dir, verify_state_dir
-from ostracon.nodes.shard_store import ShardStore
+from ostracon.nodes.shard_store import ShardStore, _write_rows  # a raw rows.npz write: the damage
 from conftest import small_config
 from test_unlearning import SISA, tree_bytes
-
-
-@pytest.fixture(scope="module")
-def config():
-    return small_config(**SISA)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, config):
-    state = tmp_path_factory.mktemp("trained") / "state"
-    train(config, state, progress=False)
-    return state
-
-
-@pytest.fixture
-def state(tmp_path, trained):
-    copy = tmp_path / "state"
-    shutil.copytree(trained, copy)
-    return copy
 
 
 def trainer_ids(config, count, seed, groups=(0, 1)):
@@ -192,7 +173,25 @@ def test_verify_names_each_kind_of_mismatch_and_changes_nothing(tmp_path, traine
     def store_directory_lost(s):
         shutil.rmtree(_store_dir(s, 2))
 
+    def deleted_row_written_back(s):  # the log still names the id, but rows.npz holds it again
+        rows = _rows(config, victim_worker, [])
+        order = np.argsort(rows[0])
+        _write_rows(_store_dir(s, victim_worker), tuple(np.asarray(a)[order] for a in rows))
+
+    def certificate_removed(s):
+        os.remove(s / "certificates" / os.listdir(s / "certificates")[0])
+
+    def certificate_forged(s):
+        (s / "certificates" / "deletion-999999-v9.json").write_text(json.dumps({"deleted": []}))
+
+    def checkpoint_removed(s):
+        os.remove(CheckpointStore(s).path(1, 3))
+
     cases = {
+        deleted_row_written_back: "DELETED_ID_LIVE",
+        certificate_removed: "CERTIFICATE_MISSING",
+        certificate_forged: "CERTIFICATE_UNKNOWN",
+        checkpoint_removed: "CHECKPOINT_MISSING",
         tombstone_removed: "TOMBSTONE_MISMATCH",
         forged_state_json: "STATE_JSON_MISMATCH",
         certificate_lists_a_live_id: "CERTIFIED_ID_NOT_DELETED",
@@ -210,6 +209,29 @@ def test_verify_names_each_kind_of_mismatch_and_changes_nothing(tmp_path, traine
         assert name in {f["name"] for f in report["failures"]}, (damage.__name__, report["failures"])
         assert stable_bytes(work) == before, f"verify modified the state ({damage.__name__})"
     assert cert["status"] == "deleted"
+    # The written-back row also changes rows.npz's recorded hash.
+    work = tmp_path / "deleted_row_written_back"
+    assert "STORE_HASH_MISMATCH" in {f["name"] for f in verify_state_dir(work, retrain=False)["failures"]}
+
+
+def test_verify_retrains_and_catches_a_published_digest_no_model_has(state):
+    """A forged digest in the ledger itself (state.json rewritten to agree): only the retrain can tell."""
+    import sqlite3
+
+    db = sqlite3.connect(state / "ledger.sqlite")
+    (record,) = db.execute("SELECT record FROM versions WHERE version = 1").fetchone()
+    record = json.loads(record)
+    record["group_digests"]["1"] = "e" * 64
+    db.execute("UPDATE versions SET record = ? WHERE version = 1", (json.dumps(record, sort_keys=True),))
+    db.commit()
+    db.close()
+    doc = json.loads((state / "state.json").read_text())
+    doc["group_digests"]["1"] = "e" * 64
+    (state / "state.json").write_text(json.dumps(doc))
+    assert verify_state_dir(state, retrain=False)["ok"]  # every file agrees with the (forged) ledger...
+    report = verify_state_dir(state)
+    assert [f["name"] for f in report["failures"]] == ["MODEL_MISMATCH"], report["failures"]
+    assert not report["groups"]["1"]["match"] and report["groups"]["0"]["match"]
 
 
 def _rows(config, worker, deleted):

@@ -18,30 +18,8 @@ from ostracon.cluster import (Deployment, HeldOutIdsError, IdempotencyConflictEr
 from ostracon.cluster.ledger import open_ledger
 from ostracon.cluster.plan import make_plan
 from ostracon.cluster.statedir import StateLockedError
-from ostracon.cluster.training import train
 from ostracon.cluster.unlearning import unlearn_state_dir, verify_state_dir
-from conftest import small_config
 from test_deletion_core import assert_consistent, retrain_digests, stable_bytes, trainer_ids
-from test_unlearning import SISA
-
-
-@pytest.fixture(scope="module")
-def config():
-    return small_config(**SISA)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, config):
-    state = tmp_path_factory.mktemp("trained") / "state"
-    train(config, state, progress=False)
-    return state
-
-
-@pytest.fixture
-def state(tmp_path, trained):
-    copy = tmp_path / "state"
-    shutil.copytree(trained, copy)
-    return copy
 
 
 def wait_done(dep, op_id):

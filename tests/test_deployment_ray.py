@@ -3,47 +3,18 @@ actor killed during the replay is restarted, its group's stage redone, and the r
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
-import ray
 
 from ostracon.cluster import Deployment
-from ostracon.cluster.training import train
-from conftest import small_config
 from test_deletion_core import assert_consistent, retrain_digests, trainer_ids
-from test_unlearning import SISA
 
 pytestmark = pytest.mark.slow
 
 ON_RAY = {"backend.name": "ray"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_runtime():
-    ray.shutdown()
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def config():
-    return small_config(**SISA)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, config):
-    state = tmp_path_factory.mktemp("trained") / "state"
-    train(config, state, progress=False)  # trained in process; served on Ray (backend.* may be overridden)
-    return state
-
-
-@pytest.fixture
-def state(tmp_path, trained):
-    copy = tmp_path / "state"
-    shutil.copytree(trained, copy)
-    return copy
+pytestmark = pytest.mark.usefixtures("ray_runtime")
 
 
 def pids(dep):

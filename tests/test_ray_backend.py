@@ -19,12 +19,7 @@ from conftest import small_config
 from test_unlearning import SISA, final_thetas, pick_ids
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_runtime():
-    ray.shutdown()
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_runtime")
 
 
 def on_ray(config):

@@ -25,34 +25,19 @@ from ostracon.cluster import CoordinatorClient
 from ostracon.cluster.deployment import HOLD_ENV, Deployment
 from ostracon.cluster.ledger import open_ledger
 from ostracon.cluster.plan import make_plan
-from ostracon.cluster.service.client import CoordinatorError
 from ostracon.cluster.service.server import CoordinatorServer
 from ostracon.cluster.service.tensors import encode
-from ostracon.cluster.training import train
 from ostracon.cluster.unlearning import verify_state_dir
 from ostracon.v1 import coordinator_pb2 as pb
 from ostracon.v1 import coordinator_pb2_grpc as pb_grpc
-from conftest import small_config
 from test_deletion_core import assert_consistent, retrain_digests, trainer_ids
-from test_unlearning import SISA, tree_bytes
+from test_unlearning import tree_bytes
 
 TOKEN = "t0ken-for-tests"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 C = grpc.StatusCode
 MAX_IDS = 50
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def config():
-    return small_config(**SISA)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, config):
-    state = tmp_path_factory.mktemp("trained") / "state"
-    train(config, state, progress=False)
-    return state
 
 
 class Served:

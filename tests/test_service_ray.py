@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import ray
 
 from ostracon.cluster import CoordinatorClient
 from ostracon.cluster.deployment import Deployment
@@ -23,12 +22,7 @@ pytestmark = pytest.mark.slow
 TOKEN = "ray-e2e-token"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_runtime():
-    ray.shutdown()
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_runtime")
 
 
 @pytest.fixture(scope="module")

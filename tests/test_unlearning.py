@@ -14,12 +14,9 @@ from ostracon.cluster.checkpoints import CheckpointStore
 from ostracon.cluster.plan import ids_digest, load_config_dataset, make_plan
 from ostracon.cluster.training import train
 from ostracon.cluster.unlearning import UnlearningError, locate, unlearn_state_dir, verify_state_dir
-from conftest import small_config
+from conftest import SISA, small_config
 from ostracon.nodes.shard_store import ShardStore
 
-# Issue acceptance: S = 2 groups, R = 4 slices, 4 workers per group of which 1 Byzantine.
-SISA = dict(training={"workers": 4, "f": 1, "rounds": 24, "eval_every": 24},
-            byzantine={"count": 1, "behaviour": "alie"}, unlearning={"groups": 2, "slices": 4})
 
 
 @pytest.fixture(scope="module")

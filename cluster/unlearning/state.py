@@ -132,25 +132,29 @@ def store_problems(st: TrainedState, pending: set[str] = frozenset()) -> dict[in
     return problems
 
 
-def live_deleted_ids(st: TrainedState, ids: set[str]) -> dict[int, list[str]]:
-    """Ids of ``ids`` still present in some store's rows.npz (read-only)."""
-    found: dict[int, list[str]] = {}
-    if not ids:
-        return found
-    query = np.asarray(sorted(ids), dtype=str)
+def stored_ids(st: TrainedState) -> dict[int, np.ndarray]:
+    """The ids in each worker's rows.npz as it is on disk (read-only; unreadable stores are left out:
+    ``store_problems`` reports them)."""
+    out = {}
     for j, data in sorted(st.plan.data.items()):
         rows = ShardStore.rows_file(data.store_path)
         if not rows.is_file():
             continue
         try:
             with np.load(rows, allow_pickle=False) as archive:
-                stored = archive["ids"]
-        except Exception:  # noqa: BLE001 - an unreadable file is reported by store_problems
+                out[j] = archive["ids"]
+        except Exception:  # noqa: BLE001 - any unreadable file is the same finding
             continue
-        hit = query[np.isin(query, stored)]
-        if len(hit):
-            found[j] = hit.tolist()
-    return found
+    return out
+
+
+def live_ids(stored: dict[int, np.ndarray], ids: set[str]) -> dict[int, list[str]]:
+    """Ids of ``ids`` present in some store of ``stored`` (from :func:`stored_ids`), by worker."""
+    if not ids:
+        return {}
+    query = np.asarray(sorted(ids), dtype=str)
+    hits = {j: query[np.isin(query, found)].tolist() for j, found in stored.items()}
+    return {j: h for j, h in hits.items() if h}
 
 
 def sync_stores(st: TrainedState) -> list[str]:

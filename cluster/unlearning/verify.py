@@ -18,8 +18,8 @@ from .. import statedir
 from ..ledger import PUBLISHED, LedgerError
 from ..training import train
 from . import certificates
-from .state import SourceChangedError, TrainedState, checkpoint_problems, live_deleted_ids, open_state, \
-    state_json_problems, store_problems
+from .state import SourceChangedError, TrainedState, checkpoint_problems, live_ids, open_state, \
+    state_json_problems, store_problems, stored_ids
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,13 @@ def _audit(st: TrainedState, report: dict, retrain: bool) -> None:
             _fail(report, "STORE_HASH_MISMATCH", f"worker {j}: {problem}")
         else:
             _fail(report, "TOMBSTONE_MISMATCH", f"worker {j}: {problem}")
-    live = live_deleted_ids(st, published)
+    stored = stored_ids(st)  # every store's ids, read once for the deletion and certificate checks
+    live = live_ids(stored, published)
     for j, ids in live.items():
         _fail(report, "DELETED_ID_LIVE", f"worker {j} still holds deleted id(s) {', '.join(ids[:10])}")
 
     report["checks"].append("certificates")
-    _audit_certificates(st, report, live)
+    _audit_certificates(st, report, stored)
 
     report["checks"].append("state.json")
     if not any(r.step == PUBLISHED for r in unfinished):  # else it still shows the version before: pending
@@ -128,11 +129,10 @@ def _audit(st: TrainedState, report: dict, retrain: bool) -> None:
                                             f"!= retrain {digest[:16]}")
 
 
-def _audit_certificates(st: TrainedState, report: dict, live: dict[int, list[str]]) -> None:
+def _audit_certificates(st: TrainedState, report: dict, stored: dict) -> None:
     directory = os.path.join(st.state_dir, certificates.DIRECTORY)
     issued = st.ledger.certificates()
     on_disk = sorted(n for n in os.listdir(directory) if n.endswith(".json")) if os.path.isdir(directory) else []
-    live_ids = {i for ids in live.values() for i in ids}
     pending_requests = {r.id for r in st.ledger.requests(unfinished_only=True)}
     for name, (rid, _, body) in sorted(issued.items()):
         path = os.path.join(directory, name)
@@ -143,30 +143,24 @@ def _audit_certificates(st: TrainedState, report: dict, live: dict[int, list[str
         with open(path, encoding="utf-8", errors="replace") as fh:
             if fh.read() != body:
                 _fail(report, "CERTIFICATE_ALTERED", f"{path} differs from the ledger's copy")
+    listed: dict[str, list] = {}
     for name in on_disk:
         path = os.path.join(directory, name)
         if name not in issued:
             _fail(report, "CERTIFICATE_UNKNOWN", f"{path} was not issued by this state's ledger")
         try:
             with open(path, encoding="utf-8") as fh:
-                listed = json.load(fh).get("deleted", [])
-        except (ValueError, UnicodeDecodeError, AttributeError):
+                listed[path] = list(json.load(fh).get("deleted", []))
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
             continue  # unreadable: already reported as altered or unknown
-        wrong = [i for i in listed if not isinstance(i, str) or i not in st.deletions or i in live_ids]
+    # A certified id is wrong if the ledger never deleted it or any store holds it now, whatever the ledger says.
+    certified = {i for ids in listed.values() for i in ids if isinstance(i, str)}
+    live_now = {i for ids in live_ids(stored, certified).values() for i in ids}
+    for path, ids in listed.items():
+        wrong = [i for i in ids if not isinstance(i, str) or i not in st.deletions or i in live_now]
         if wrong:
             _fail(report, "CERTIFIED_ID_NOT_DELETED",
                   f"{path} lists id(s) that are live or not in the ledger: {', '.join(map(str, wrong[:10]))}")
-    # Any id live in a store right now is live, whatever the ledger says: check every certified id.
-    certified = set()
-    for name in on_disk:
-        try:
-            with open(os.path.join(directory, name), encoding="utf-8") as fh:
-                certified |= set(json.load(fh).get("deleted", []))
-        except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
-            continue
-    still_live = live_deleted_ids(st, {i for i in certified if isinstance(i, str)} - live_ids)
-    for j, ids in still_live.items():
-        _fail(report, "CERTIFIED_ID_NOT_DELETED", f"certified id(s) {', '.join(ids[:10])} still live in worker {j}")
 
 
 def format_report(report: dict) -> str:
