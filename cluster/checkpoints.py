@@ -75,13 +75,17 @@ class CheckpointStore:
 
     def states(self, group: int, stage: int, sha256: str | None = None) -> dict[int, dict]:
         """The workers' states in checkpoint ``(group, stage)``; with ``sha256``, the file must have it."""
-        path = self.path(group, stage)
+        return self.read_states(self.path(group, stage), sha256)
+
+    @staticmethod
+    def read_states(path: str, sha256: str | None = None) -> dict[int, dict]:
+        """The workers' states in the checkpoint file ``path`` (with ``sha256``, the file must have it)."""
         if sha256 is not None:
             found = file_sha256(path) if os.path.exists(path) else None
             if found != sha256:
                 raise CheckpointError(f"checkpoint {path} is {'missing' if found is None else 'damaged'} "
                                       f"(sha256 {found or '-'} != recorded {sha256})")
-        payload = self.load(group, stage)
+        payload = torch.load(path, weights_only=True)
         return {int(j): {k: v.numpy() for k, v in w.items()} for j, w in payload["workers"].items()}
 
     def check(self, group: int, stage: int, sha256: str) -> str | None:

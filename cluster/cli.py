@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set training.rounds=50 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
 
-    p = sub.add_parser("unlearn", help="delete samples from a trained state directory (exact replay)")
+    p = sub.add_parser("unlearn", help="delete samples from a trained state directory (exact replay, or a gated "
+                                       "approximate update)")
     p.add_argument("--state-dir", required=True)
     ids = p.add_mutually_exclusive_group(required=True)
     ids.add_argument("--ids", help="comma-separated sample ids; spaces around each id are ignored")
@@ -55,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                                         "e.g. '[\" a\", \"b,c\"]'")
     ids.add_argument("--resume", action="store_true",
                      help="only finish requests an interrupted command left unfinished (and repair)")
-    p.add_argument("--mode", choices=("exact",), default="exact")
+    p.add_argument("--mode", choices=("exact", "approximate", "approximate_then_exact"), default="exact",
+                   help="exact (SISA replay, default), approximate (a gated approximate update; exact if it fails "
+                        "the gate) or approximate_then_exact (the approximate update at once, then the replay)")
+    p.add_argument("--method", default=None,
+                   help="approximate method: ft, ga, npo, rl, l1_sparse, salun, ssd (default unlearning.method)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an approximate-unlearning setting, e.g. --set unlearning.salun.lr=0.1 or "
+                        "--set unlearning.gate.max_test_drop=0.05 (repeatable)")
     p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
     p.add_argument("--address", help="Ray cluster address; implies --backend ray")
     p.add_argument("--out", help="also write the certificate JSON here (its folder is created if missing)")
@@ -66,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
     p.add_argument("--address", help="Ray cluster address; implies --backend ray")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--allow-approximate", action="store_true",
+                   help="accept groups that serve approximately unlearned models (reported, not compared); "
+                        "without it they fail as APPROXIMATE_NOT_VERIFIABLE")
 
     p = sub.add_parser("bench", help="run a benchmark and print its table")
     p.add_argument("name", choices=("robustness", "aggregators", "scale", "unlearning", "service"))
@@ -194,6 +205,11 @@ def _backend_overrides(args) -> dict:
     return out
 
 
+def _unlearn_overrides(args) -> dict:
+    """``--set`` (approximate-unlearning keys only; checked by the state) plus the backend flags."""
+    return parse_overrides(args.overrides) | _backend_overrides(args)
+
+
 def cmd_train(args) -> int:
     from .plan import validate_run
     from .training import train
@@ -224,7 +240,7 @@ def cmd_unlearn(args) -> int:
 
     if args.resume:
         require_writable_dir(args.state_dir, "--state-dir")
-        result = unlearn_state_dir(args.state_dir, mode=args.mode, overrides=_backend_overrides(args), resume_only=True)
+        result = unlearn_state_dir(args.state_dir, overrides=_unlearn_overrides(args), resume_only=True)
         for cert in result["recovered"]:
             print(format_certificate(cert))
         print(f"finished {len(result['recovered'])} interrupted request(s)" if result["recovered"]
@@ -233,7 +249,8 @@ def cmd_unlearn(args) -> int:
     ids = requested_ids(args)
     out = prepare_output_file(args.out) if args.out else None
     require_writable_dir(args.state_dir, "--state-dir")
-    cert = unlearn_state_dir(args.state_dir, ids, mode=args.mode, overrides=_backend_overrides(args))
+    cert = unlearn_state_dir(args.state_dir, ids, mode=args.mode, overrides=_unlearn_overrides(args),
+                             method=args.method)
     for rid in cert.get("recovered", []):
         print(f"finished interrupted request {rid} first")
     print(format_certificate(cert))
@@ -318,7 +335,8 @@ def require_writable_dir(path: str, option: str) -> None:
 def cmd_verify(args) -> int:
     from .unlearning import format_report, verify_state_dir
 
-    report = verify_state_dir(args.state_dir, overrides=_backend_overrides(args))
+    report = verify_state_dir(args.state_dir, overrides=_backend_overrides(args),
+                              allow_approximate=args.allow_approximate)
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
     if not report["ok"]:
         return 1

@@ -15,6 +15,9 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from ostracon.nodes.approximate_params import (FTParams, GAParams, L1SparseParams, NPOParams, PARAMS, RLParams,
+                                               SalUnParams, SSDParams)
+
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -75,10 +78,38 @@ class ByzantineConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """What an approximate update must satisfy on every honest model of each group it changed, or
+    it is rolled back and the request is carried out exactly."""
+
+    max_test_drop: float = 0.03  # test accuracy may drop by at most this (fraction, vs before the update)
+    max_retain_drop: float = 0.03  # same for the accuracy on the group's retained data
+    max_forget_gap: float = 0.10  # forget-set accuracy may exceed test accuracy by at most this
+
+
+MODES = ("exact", "approximate", "approximate_then_exact")
+
+
+@dataclass(frozen=True)
 class UnlearningConfig:
     groups: int = 1
     slices: int = 1
     vote: str = "majority"
+    method: str = "salun"  # the approximate method used when a request names none
+    gate: GateConfig = field(default_factory=GateConfig)
+    ft: FTParams = field(default_factory=FTParams)
+    ga: GAParams = field(default_factory=GAParams)
+    npo: NPOParams = field(default_factory=NPOParams)
+    rl: RLParams = field(default_factory=RLParams)
+    l1_sparse: L1SparseParams = field(default_factory=L1SparseParams)
+    salun: SalUnParams = field(default_factory=SalUnParams)
+    ssd: SSDParams = field(default_factory=SSDParams)
+
+    def method_params(self, name: str):
+        """The validated hyperparameters of approximate method ``name``."""
+        if name not in PARAMS:
+            raise ConfigError(f"unknown unlearning method {name!r}; choose one of: {', '.join(PARAMS)}")
+        return getattr(self, name)
 
 
 @dataclass(frozen=True)
@@ -213,7 +244,10 @@ def _section(section: str, cls: type, raw: Any):
     values = {}
     for key, value in raw.items():
         default = getattr(defaults, key)
-        values[key] = _typed(f"{section}.{key}", value, type(default))
+        if dataclasses.is_dataclass(default):  # a nested table, e.g. unlearning.gate, unlearning.ga
+            values[key] = _section(f"{section}.{key}", type(default), value)
+        else:
+            values[key] = _typed(f"{section}.{key}", value, type(default))
     return cls(**values)
 
 
@@ -313,6 +347,16 @@ def validate(config: Config) -> None:
     if u.slices > t.rounds:
         raise ConfigError(f"unlearning.slices = {u.slices} exceeds training.rounds = {t.rounds}: every stage needs a round")
     _choice("unlearning.vote", u.vote, VOTES)
+    _choice("unlearning.method", u.method, tuple(PARAMS))
+    for name in PARAMS:
+        try:
+            getattr(u, name).validate(f"unlearning.{name}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    for key in ("max_test_drop", "max_retain_drop", "max_forget_gap"):
+        value = getattr(u.gate, key)
+        if value < 0:
+            raise ConfigError(f"unlearning.gate.{key} must be >= 0, got {value}")
     _choice("backend.name", be.name, BACKENDS)
     _choice("backend.placement", be.placement, PLACEMENTS)
     if be.num_cpus < 0 or be.num_gpus < 0:

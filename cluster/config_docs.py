@@ -72,6 +72,15 @@ DOCS: dict[str, str] = {
     "unlearning.slices": "slices per worker; stage `r` trains on slices `0..r` and ends with a checkpoint",
     "unlearning.vote": "ensemble prediction over group models: `majority` (ties to the smallest class) or "
                        "`mean_proba`",
+    "unlearning.method": "the approximate-unlearning method of `--mode approximate` / `approximate_then_exact` when "
+                         "a request names none: `ft`, `ga`, `npo`, `rl`, `l1_sparse`, `salun`, `ssd`",
+    "unlearning.gate.max_test_drop": "gate: an approximate update whose test accuracy drops by more than this "
+                                     "(fraction) on any honest model of a group it changed is rolled back and the "
+                                     "request is carried out exactly",
+    "unlearning.gate.max_retain_drop": "gate: the same for the accuracy on the group's retained data",
+    "unlearning.gate.max_forget_gap": "gate: forget-set accuracy may exceed test accuracy by at most this, plus two "
+                                      "binomial standard deviations for the forget-set size (a few correctly "
+                                      "classified samples prove nothing)",
     # ----- [backend]
     "backend.name": "`local` (all workers in this process, the reference) or `ray` (one actor per worker)",
     "backend.address": "join an existing Ray cluster; empty: reuse the connected one or start a local one",
@@ -85,3 +94,35 @@ DOCS: dict[str, str] = {
                                "group and for the actors to be placed, before failing with the address or the "
                                "resources asked",
 }
+
+
+# The approximate methods' hyperparameters: one row per method and parameter (defaults differ per method).
+_METHOD_PARAMS = {
+    "steps": "unlearning rounds",
+    "lr": "step size of the unlearning optimiser",
+    "momentum": "heavy-ball momentum of the unlearning optimiser (starts at 0; the training momentum is kept)",
+    "batch_size": "retained rows per trainer per round (`ssd`: rows per importance batch)",
+    "retain_weight": "weight of the cross-entropy on the retained data (0: no retained-data term)",
+    "beta": "NPO's inverse temperature",
+    "forget_weight": "weight of the random-label term on the forget rows",
+    "gamma": "initial L1 strength, decaying linearly to 0 over the steps",
+    "sparsity": "fraction of the weights (largest forget-gradient saliency) allowed to change; the others stay "
+                "bit-identical",
+    "alpha": "selection: a parameter is dampened where its forget importance exceeds `alpha` x its retain importance",
+    "lam": "dampening: a selected parameter is scaled by `min(lam * I_retain / I_forget, 1)`",
+    "retain_batches": "batches of retained rows per trainer for the retain importance",
+}
+_METHOD_NAMES = {"ft": "FT", "ga": "GA", "npo": "NPO", "rl": "RL", "l1_sparse": "l1-sparse", "salun": "SalUn",
+                 "ssd": "SSD"}
+
+
+def _method_docs() -> dict[str, str]:
+    import dataclasses
+
+    from ostracon.nodes.approximate_params import PARAMS
+
+    return {f"unlearning.{method}.{f.name}": f"{_METHOD_NAMES[method]}: {_METHOD_PARAMS[f.name]}"
+            for method, params in PARAMS.items() for f in dataclasses.fields(params)}
+
+
+DOCS.update(_method_docs())

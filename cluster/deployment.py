@@ -200,12 +200,14 @@ class Deployment:
                 self._journal.update([op.id], state=PENDING, message="queued again after a restart")
 
     def _process_batch(self, st) -> None:
-        """Take every PENDING operation, journal one ledger request for their fresh ids, replay, settle."""
-        from .unlearning.exact import abandon_request, run_request
-
+        """Take the queue: the oldest PENDING operation if it is approximate (one at a time), else every
+        PENDING exact operation, coalesced into one ledger request for their fresh ids; carry it out, settle."""
         ops = self._journal.in_state(PENDING)
         if not ops:
             return
+        if ops[0].mode in APPROXIMATE_MODES:
+            return self._process_approximate(st, ops[0])
+        ops = [op for op in ops if op.mode not in APPROXIMATE_MODES]
         requested = sorted({i for op in ops for i in op.sample_ids})
         fresh = [i for i in requested if i not in st.deletions]
         version, _ = st.ledger.latest_version()
@@ -224,24 +226,67 @@ class Deployment:
             self._journal.notify()
         faults.point("deletion.journaled")
         st.refresh()
+        from .unlearning.exact import run_request
+
+        self._carry_out(st, ops, request.id, lambda: run_request(
+            st, request, live=self._live, on_round=self._round_hook,
+            on_stage=lambda stage, first, last: self._progress(op_ids, stage, first, last)))
+
+    def _process_approximate(self, st, op) -> None:
+        """One approximate-mode operation: journal it, then the gated update (exact if it fails the gate;
+        approximate_then_exact: its approximate version is served as soon as it is published)."""
+        from .unlearning.approximate import carry_out
+
+        fresh = [i for i in op.sample_ids if i not in st.deletions]
+        version, _ = st.ledger.latest_version()
+        if not fresh:
+            self._journal.update([op.id], state=SUCCEEDED, progress=1.0, model_version=version,
+                                 message="nothing to delete: every id was already deleted")
+            return
+        method = op.method or st.config.unlearning.method
+        message = f"approximate update ({method}): {len(fresh)} id(s)"
         try:
-            cert = run_request(st, request, live=self._live, on_round=self._round_hook,
-                               on_stage=lambda stage, first, last: self._progress(op_ids, stage, first, last))
+            request = st.ledger.journal(list(op.sample_ids), {i: st.plan.placement[i] for i in fresh}, op.mode,
+                                        also=lambda db, rid: mark_running(db, [op.id], rid, message))
+        except NotPendingAnymore:
+            return
+        finally:
+            self._journal.notify()
+        faults.point("deletion.journaled")
+
+        def published_approximately(version: int) -> None:
+            self._cache_model(st)  # Predict serves the approximate version while the replay runs
+            self._journal.update([op.id], progress=0.5, model_version=version,
+                                 message=f"approximate version {version} published; exact replay running")
+
+        self._carry_out(st, [op], request.id, lambda: carry_out(
+            st, request, method, st.config.unlearning.method_params(method), live=self._live,
+            on_round=self._round_hook, began=time.perf_counter(), on_published=published_approximately,
+            on_stage=lambda stage, first, last: self._progress([op.id], stage, first, last)))
+
+    def _carry_out(self, st, ops, request_id: int, work) -> None:
+        """Run ``work`` (a journaled request's remaining steps); settle ``ops`` with its certificate, or roll
+        back and fail them if it failed before anything was published."""
+        from .unlearning.exact import abandon_request
+
+        op_ids = [op.id for op in ops]
+        try:
+            cert = work()
         except (_Interrupted, faults.InjectedFault):
             raise
         except Exception as exc:  # noqa: BLE001 - the replay failed: roll back what was not published
-            step = next(r.step for r in st.ledger.requests() if r.id == request.id)
+            step = next(r.step for r in st.ledger.requests() if r.id == request_id)
             if step not in (JOURNALED, TOMBSTONED):
-                raise  # published: only derived files are left, the next start rewrites them
+                raise  # published: only derived files (or the exact phase) are left, the next start finishes them
             reason = f"deletion failed, nothing was published: {exc}"
-            log.error("request %d: %s", request.id, reason)
-            abandon_request(st, request.id, self._live,
+            log.error("request %d: %s", request_id, reason)
+            abandon_request(st, request_id, self._live,
                             also=lambda db: [transition(db, i, state=FAILED, message=reason) for i in op_ids])
             self._journal.notify()
             self._probe_workers()
             return
         self._probe_workers()  # before the operations settle: a client that sees SUCCEEDED sees the restarts too
-        self._succeed(st, ops, request.id, cert)
+        self._succeed(st, ops, request_id, cert)
 
     def _succeed(self, st, ops, request_id: int, cert: dict | None = None) -> None:
         if cert is None:
@@ -275,7 +320,7 @@ class Deployment:
         from .unlearning.exact import final_thetas
 
         version, record = st.ledger.latest_version()
-        thetas = final_thetas(st, record["checkpoints"])
+        thetas = final_thetas(st, record)
         served = [served_worker(st.plan, g) for g in st.plan.groups]
         self._model = (version, [st.plan.specs[j] for j in served], [thetas[j] for j in served],
                        st.config.unlearning.vote)
@@ -319,15 +364,17 @@ class Deployment:
         """Validate, then commit a PENDING operation (or return the one ``idempotency_key`` names)."""
         from .unlearning.requests import validate_request
 
+        from ostracon.nodes.approximate_params import PARAMS
+
         mode = "exact" if mode in ("", "unspecified") else mode
-        if mode in APPROXIMATE_MODES:
-            raise PreconditionError(f"approximate unlearning is not available yet: mode {mode!r} needs the "
-                                    "approximate-unlearning methods; use mode 'exact'")
-        if mode != "exact":
+        if mode not in ("exact",) + APPROXIMATE_MODES:
             raise RequestError(f"mode: unknown deletion mode {mode!r}; choose exact, approximate or "
                                "approximate_then_exact")
-        if method:
+        if mode == "exact" and method:
             raise RequestError(f"method: exact deletion takes no method (got {method!r})")
+        if method and method not in PARAMS:
+            raise RequestError(f"method: unknown approximate-unlearning method {method!r}; choose one of: "
+                               f"{', '.join(PARAMS)}")
         if not isinstance(idempotency_key, str):
             raise RequestError("idempotency_key: must be a string")
         journal = self._require_running()

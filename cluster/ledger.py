@@ -37,8 +37,10 @@ FILE = "ledger.sqlite"
 FORMAT = 1
 
 # Request steps, in order; DONE is final. ABANDONED (final): a replay that kept failing, rolled back
-# before anything was published (its ids are no longer deleted).
+# before anything was published (its ids are no longer deleted). APPROXIMATED (mode
+# approximate_then_exact): the approximate version is published, the exact replay is still to come.
 JOURNALED, TOMBSTONED, PUBLISHED, DONE, ABANDONED = "journaled", "tombstoned", "published", "done", "abandoned"
+APPROXIMATED = "approximated"
 FINAL_STEPS = (DONE, ABANDONED)
 
 _SCHEMA = """
@@ -227,9 +229,11 @@ class Ledger:
         return {r[0]: Deletion(*r) for r in rows}
 
     # ----- versions and certificates ---------------------------------------------------------------
-    def publish(self, request_id: int | None, version: int, record: Mapping, certificate: tuple[str, str] | None) -> None:
+    def publish(self, request_id: int | None, version: int, record: Mapping, certificate: tuple[str, str] | None,
+                step: str = PUBLISHED) -> None:
         """Record a new model version (and the request's certificate) in one transaction: the commit
-        point of a deletion. ``certificate`` is ``(file name, exact body)``."""
+        point of a deletion. ``certificate`` is ``(file name, exact body)``; ``step`` is the request's
+        step after it (``APPROXIMATED`` for the first phase of approximate_then_exact)."""
         with self.transaction() as db:
             db.execute("INSERT INTO versions(version, request_id, record, created) VALUES (?, ?, ?, ?)",
                        (version, request_id, json.dumps(record, sort_keys=True), time.time()))
@@ -237,13 +241,19 @@ class Ledger:
                 if certificate is not None:
                     db.execute("INSERT INTO certificates(request_id, version, name, body) VALUES (?, ?, ?, ?)",
                                (request_id, version, *certificate))
-                db.execute("UPDATE requests SET step = ?, updated = ? WHERE id = ?", (PUBLISHED, time.time(), request_id))
+                db.execute("UPDATE requests SET step = ?, updated = ? WHERE id = ?", (step, time.time(), request_id))
 
     def latest_version(self) -> tuple[int, dict]:
         rows = self._query("SELECT version, record FROM versions ORDER BY version DESC LIMIT 1")
         if not rows:
             raise LedgerError(f"ledger {self.path} records no published model version")
         return int(rows[0][0]), json.loads(rows[0][1])
+
+    def version_of(self, request_id: int) -> tuple[int, dict] | None:
+        """The latest version a request published (its approximate phase, for approximate_then_exact)."""
+        rows = self._query("SELECT version, record FROM versions WHERE request_id = ? ORDER BY version DESC LIMIT 1",
+                           (request_id,))
+        return (int(rows[0][0]), json.loads(rows[0][1])) if rows else None
 
     def versions(self) -> list[tuple[int, int | None, dict]]:
         return [(int(v), r, json.loads(rec)) for v, r, rec in

@@ -81,6 +81,7 @@ class Session:
     server_theta: dict[int, torch.Tensor] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     gradient_evaluations: dict[int, int] = field(default_factory=dict)
+    server_lr: float | None = None  # approximate unlearning: the server steps with the method's lr
 
     def __post_init__(self) -> None:
         if self.plan.config.training.protocol == "server":
@@ -210,7 +211,8 @@ class Session:
         pre = seeded_pre(cfg.pre, self.plan.config.seed, "pre", "server", group, t)
         update = aggregate(stacked, cfg.rule, f=f, pre=pre, **dict(cfg.rule_params))
         spec = self.plan.specs[self.plan.group_workers(group)[0]]
-        theta = self.server_theta[group] - learning_rate(spec, t) * update
+        lr = learning_rate(spec, t) if self.server_lr is None else self.server_lr
+        theta = self.server_theta[group] - lr * update
         self.server_theta[group] = theta
         handle = self.backend.put(theta.numpy())
         for j in self.plan.trainers(group):

@@ -184,6 +184,9 @@ def derived_state(ledger) -> dict:
         "worker_digests": record["worker_digests"],
         "group_digests": record["group_digests"],
         "checkpoints": record["checkpoints"],
+        # Groups serving approximately unlearned models, and the ids their checkpoints still carry.
+        "approximate_models": record.get("approximate", {}),
+        "unlearning_debt": record.get("debt", {}),
     }
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ostracon.aggregator import aggregate, get_attack, max_f
 from ostracon.aggregator.attacks import mimic_direction, mimic_target
 
+from . import approximate
 from .models import build_model, flat_parameters, load_flat_parameters
 from .seeding import derive_seed, generator
 from .shard_store import ShardStore
@@ -153,6 +154,7 @@ class Worker:
         self.mimic_direction: torch.Tensor | None = None  # mimic_variant's attacker state
         self.mimic_target: int | None = None
         self.last_status = SENT
+        self._unlearning: _Unlearning | None = None  # set between begin_unlearning and end_unlearning
         # A fresh token per construction: a restarted worker (new process) is told apart from the one it replaced.
         self._incarnation = uuid.uuid4().hex
 
@@ -242,6 +244,9 @@ class Worker:
             self.theta = aggregate(vectors, self.spec.rule, f=f, pivot=self.half, pre=pre, **params)
         else:
             raise ValueError(f"unknown incoming message kind {kind!r}")
+        job = self._unlearning
+        if job is not None and job.mask is not None:  # SalUn: weights outside the mask never move
+            self.theta = torch.where(job.mask, self.theta, job.frozen)
 
     def step(self, stage: int, step: int, t: int, incoming: tuple | None = None) -> np.ndarray | None:
         """Apply ``incoming``, take one local step on slices ``0..stage``, return the vector to send.
@@ -258,6 +263,8 @@ class Worker:
             return None
         if not self.spec.trains:
             return None
+        if self._unlearning is not None:
+            return self._unlearning_step(step)
         x, y = self._training_data(stage)
         if x.shape[0] == 0:
             self.half = self.theta.clone()
@@ -287,6 +294,144 @@ class Worker:
         if self.spec.weight_decay:
             grad = grad + self.spec.weight_decay * self.theta
         return grad.detach()
+
+    # ----- approximate unlearning (ostracon.nodes.approximate) -------------------------------------
+    def begin_unlearning(self, job: Mapping[str, Any]) -> int:
+        """Enter unlearning: ``job`` names the method, its params, this worker's rows to forget, the
+        request key (seeds) and the last stage. Returns how many forget rows this worker holds. The
+        rows are read from this worker's own store (before they are tombstoned) and never leave it."""
+        method = approximate.get_method(job["method"])
+        params = method.make(job.get("params"))
+        x, y = self._training_data(int(job["stage"]))
+        ids = self.store.view(int(job["stage"]))[0]
+        forget = torch.from_numpy(np.isin(ids, np.asarray(list(job.get("forget_ids", ())), dtype=str))).to(self.device)
+        frozen = self.theta.clone()
+        state = _Unlearning(method, params, str(job["key"]), x[forget], y[forget], x[~forget], y[~forget], frozen,
+                            self.momentum)
+        if method.reference and state.forget_x.shape[0]:
+            with torch.no_grad():
+                load_flat_parameters(self.model, self.theta)
+                logits = self.model(state.forget_x)
+                state.reference_logp = F.log_softmax(logits, 1).gather(1, state.forget_y[:, None]).squeeze(1)
+        self.momentum = torch.zeros_like(self.theta)
+        self.half = self.theta.clone()
+        self._unlearning = state
+        return int(state.forget_x.shape[0])
+
+    def forget_term(self, step: int) -> np.ndarray | None:
+        """The method's forget-loss gradient on this worker's forget rows at its current model
+        (``None``: no forget rows, or the method has no forget term)."""
+        job = self._job()
+        if job.forget_x.shape[0] == 0:
+            return None
+        context: dict[str, Any] = {"reference_logp": job.reference_logp}
+        if job.method.random_labels:
+            g = generator(self.spec.seed, self.spec.index, "unlearn", job.key, "labels", step)
+            context["random_labels"] = approximate.random_wrong_labels(job.forget_y, self.spec.num_classes, g)
+        grad = self._loss_gradient(job.forget_x, lambda logits: job.method.loss(logits, job.forget_y, context, job.params))
+        if grad is None:
+            return None
+        job.rows += int(job.forget_x.shape[0])
+        return _to_numpy(grad)
+
+    def forget_saliency(self) -> np.ndarray | None:
+        """SalUn's saliency: the cross-entropy gradient on this worker's forget rows (``None``: none held)."""
+        job = self._job()
+        if job.forget_x.shape[0] == 0:
+            return None
+        job.rows += int(job.forget_x.shape[0])
+        return _to_numpy(self._loss_gradient(job.forget_x, lambda logits: F.cross_entropy(logits, job.forget_y)))
+
+    def set_unlearning_mask(self, mask: np.ndarray) -> None:
+        self._job().mask = torch.from_numpy(np.array(mask, dtype=bool)).to(self.device)
+
+    def set_forget_term(self, term: np.ndarray | None) -> None:
+        """This round's forget term (computed where the forget rows are), applied by this worker."""
+        self._job().shared = None if term is None else _to_tensor(term, self.device)
+
+    def importance(self, which: str) -> np.ndarray | None:
+        """SSD's importance, the mean squared batch gradient of the cross-entropy on this worker's
+        ``"forget"`` rows (all of them) or ``"retain"`` rows (``retain_batches`` seeded batches)."""
+        job = self._job()
+        p = job.params
+        if which == "forget":
+            x, y = job.forget_x, job.forget_y
+            batches = [torch.arange(s, min(s + p.batch_size, x.shape[0])) for s in range(0, x.shape[0], p.batch_size)]
+        elif which == "retain":
+            x, y = job.retain_x, job.retain_y
+            g = generator(self.spec.seed, self.spec.index, "unlearn", job.key, "importance")
+            batches = [torch.randint(0, x.shape[0], (p.batch_size,), generator=g) for _ in range(p.retain_batches)] \
+                if x.shape[0] else []
+        else:
+            raise ValueError(f"importance of {which!r}: expected 'forget' or 'retain'")
+        if not batches:
+            return None
+        total = torch.zeros_like(self.theta)
+        for idx in batches:
+            idx = idx.to(self.device)
+            total += self._loss_gradient(x[idx], lambda logits, i=idx: F.cross_entropy(logits, y[i])) ** 2
+            job.rows += int(idx.numel())
+        return _to_numpy(total / len(batches))
+
+    def dampen(self, i_forget: np.ndarray, i_retain: np.ndarray, alpha: float, lam: float) -> None:
+        """SSD: scale the parameters by the shared importances (no step, no mix)."""
+        self._job()
+        self.theta = approximate.dampen(self.theta, _to_tensor(i_forget, self.device), _to_tensor(i_retain, self.device),
+                                        alpha, lam)
+        self.half = self.theta.clone()
+
+    def end_unlearning(self) -> int:
+        """Leave unlearning (the caller delivered the last mix first); the training momentum comes back.
+        Returns the gradient evaluations (rows x gradients) this worker spent."""
+        job = self._job()
+        self.momentum = job.saved_momentum
+        self.half = self.theta.clone()
+        self._unlearning = None
+        return job.rows
+
+    def _job(self) -> "_Unlearning":
+        if self._unlearning is None:
+            raise RuntimeError(f"worker {self.spec.index} is not unlearning (begin_unlearning first)")
+        return self._unlearning
+
+    def _unlearning_step(self, step: int) -> np.ndarray | None:
+        """One round of the unlearning optimiser (module docstring of ``ostracon.nodes.approximate``)."""
+        job = self._job()
+        p = job.params
+        direction = torch.zeros_like(self.theta)
+        active = False
+        if p.retain_weight and job.retain_x.shape[0]:
+            g = generator(self.spec.seed, self.spec.index, "unlearn", job.key, "batch", step)
+            idx = torch.randint(0, job.retain_x.shape[0], (p.batch_size,), generator=g).to(self.device)
+            direction += p.retain_weight * self._gradient(job.retain_x[idx], job.retain_y[idx])
+            job.rows += p.batch_size
+            active = True
+        if job.shared is not None:
+            direction += job.shared
+            active = True
+        gamma = getattr(p, "gamma", 0.0)
+        if gamma:
+            direction += gamma * (1.0 - step / p.steps) * torch.sign(self.theta)
+            active = True
+        if not active:
+            self.half = self.theta.clone()
+            self.last_status = NO_DATA  # nothing to do: follows its group's mix
+            return None
+        if job.mask is not None:
+            direction = torch.where(job.mask, direction, torch.zeros_like(direction))
+        self.momentum = p.momentum * self.momentum + direction
+        self.half = self.theta - p.lr * self.momentum
+        self.last_status = SENT
+        return _to_numpy(self.half if self.spec.protocol == "monna" else self.momentum)
+
+    def _loss_gradient(self, x: torch.Tensor, loss_of_logits) -> torch.Tensor | None:
+        load_flat_parameters(self.model, self.theta)
+        self.model.zero_grad(set_to_none=True)
+        loss = loss_of_logits(self.model(x))
+        if loss is None:
+            return None
+        loss.backward()
+        return torch.cat([p.grad.reshape(-1) for p in self.model.parameters()]).detach()
 
     def attack(self, honest: Sequence[np.ndarray], t: int) -> np.ndarray | None:
         """The vector an omniscient attacker sends this round, given the honest vectors."""
@@ -339,6 +484,25 @@ class Worker:
                 f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], spec.f)
                 return aggregate(vectors, spec.rule, f=f, pre=spec.pre, **dict(spec.rule_params))
         return defense
+
+
+@dataclass
+class _Unlearning:
+    """A worker's state while it unlearns (see ``begin_unlearning``)."""
+
+    method: approximate.Method
+    params: Any
+    key: str
+    forget_x: torch.Tensor
+    forget_y: torch.Tensor
+    retain_x: torch.Tensor
+    retain_y: torch.Tensor
+    frozen: torch.Tensor  # the model before unlearning (SalUn keeps it outside the mask)
+    saved_momentum: torch.Tensor  # the training momentum, back after unlearning
+    mask: torch.Tensor | None = None
+    shared: torch.Tensor | None = None
+    reference_logp: torch.Tensor | None = None
+    rows: int = 0  # gradient evaluations spent
 
 
 def evaluate(spec: WorkerSpec, theta: np.ndarray, features: np.ndarray, labels: np.ndarray,

@@ -56,7 +56,7 @@ def test_a_warm_exact_deletion_is_bit_exact_and_fully_observable(state, config):
     assert_consistent(state, config, ids, retrain_digests(config, ids))
 
 
-def test_validation_errors_and_approximate_modes_change_nothing(state, config):
+def test_validation_errors_change_nothing(state, config):
     plan = make_plan(config)
     some = trainer_ids(config, 1, seed=3)
     with Deployment(state, max_ids_per_request=3) as dep:
@@ -67,18 +67,18 @@ def test_validation_errors_and_approximate_modes_change_nothing(state, config):
             (RequestError, dict(ids=some + ["a", "b", "c"])),
             (UnknownIdsError, dict(ids=some + ["no-such-id"])),
             (HeldOutIdsError, dict(ids=[str(plan.test_ids[0])])),
-            (PreconditionError, dict(ids=some, mode="approximate")),
-            (PreconditionError, dict(ids=some, mode="approximate_then_exact")),
             (RequestError, dict(ids=some, mode="bogus")),
+            (RequestError, dict(ids=some, mode="exact", method="salun")),
+            (RequestError, dict(ids=some, mode="approximate", method="no_such_method")),
         ]
         for error, kwargs in cases:
             with pytest.raises(error) as info:
                 dep.delete(**kwargs)
             if error is RequestError:
-                assert str(info.value).split(":")[0] in ("sample_ids", "mode")
+                assert str(info.value).split(":")[0] in ("sample_ids", "mode", "method")
         with pytest.raises(UnknownIdsError, match="no-such-id"):
             dep.delete(["no-such-id"])
-        with pytest.raises(PreconditionError, match="approximate"):
+        with pytest.raises(UnknownIdsError, match="no-such-id"):
             dep.delete(["no-such-id"], mode="approximate")
         with pytest.raises(OperationNotFoundError):
             dep.operation("op-999999")

@@ -604,8 +604,8 @@ def test_shell_reader():
 
 
 @pytest.mark.parametrize("synopsis, problem", [
-    ("unlearn --state-dir DIR --ids 1 --mode approximate", "'approximate' is not one of"),
-    ("verify --state-dir DIR --allow-approximate", "has no option --allow-approximate"),
+    ("unlearn --state-dir DIR --ids 1 --mode fast", "'fast' is not one of"),
+    ("verify --state-dir DIR --allow-inexact", "has no option --allow-inexact"),
     ("forget --ids 1", "no such subcommand"),
     ("bench robustness|speed [ARGS…]", "'speed' is not one of"),
     ("--quiet demo", "`ostracon` has no option --quiet"),
@@ -635,18 +635,18 @@ BAD_README = """
 |---|---|
 | `ostracon demo [-o DIR]` | with `--json` |
 
-Use `ostracon unlearn --mode approximate --method salun`, `verify --allow-approximate` and `--frobnicate`.
+Use `ostracon unlearn --mode fast --speed 3`, `verify --allow-inexact` and `--frobnicate`.
 
 ```bash
 $ OSTRACON_TOKEN=x ostracon serve --state-dir DIR --port PORT --bogus 2>&1 | tee log
 ostracon train -c c.toml -o run \\
-  --set unlearning.gate.max_test_drop=0.1  # a comment
+  --set unlearning.gate.max_nope=0.1  # a comment
 ostracon forget --ids 1
 ```
 
 ## Configuration
 
-`unlearning.<method>.<param>`, `training.nope`, `model.params.<x>`, `training.rule_params.c`, `unlearning.slices`,
+`unlearning.salun.nope`, `training.nope`, `model.params.<x>`, `training.rule_params.c`, `unlearning.slices`,
 `data.source = "npz"`, but not bench/unlearning.py nor `bench/unlearning.py`.
 
 ## gRPC API
@@ -668,8 +668,8 @@ stub.Remove(request)
 def test_checkers_catch_what_does_not_exist():
     doc = parse_readme(BAD_README)
     commands = "\n".join(command_problems(doc))
-    for expected in ("--mode 'approximate' is not one of ['exact']", "`ostracon unlearn` has no option --method",
-                     "`ostracon verify` has no option --allow-approximate", "`ostracon serve` has no option --bogus",
+    for expected in ("--mode 'fast' is not one of ['approximate', 'approximate_then_exact', 'exact']",
+                     "`ostracon unlearn` has no option --speed", "`ostracon verify` has no option --allow-inexact", "`ostracon serve` has no option --bogus",
                      "`ostracon forget`: no such subcommand"):
         assert expected in commands, commands
     assert "README.md:13 ('OSTRACON_TOKEN=x ostracon serve" in commands  # the line each command is on
@@ -682,7 +682,7 @@ def test_checkers_catch_what_does_not_exist():
     assert len(flags) == 2 and "`ostracon demo`, which has no option --json" in flags[0], flags
     assert "no ostracon command has the option --frobnicate" in flags[1]
     keys = sorted(p.rsplit(": ", 1)[1] for p in config_key_problems(doc))
-    assert keys == ["training.nope", "unlearning.<method>.<param>", "unlearning.gate.max_test_drop"], keys
+    assert keys == ["training.nope", "unlearning.gate.max_nope", "unlearning.salun.nope"], keys
     rpcs = rpc_problems(doc)
     signatures = signature_problems(doc)
     assert sorted(p.split(": ", 1)[1].split(" ")[0] for p in rpcs if p not in signatures) == [

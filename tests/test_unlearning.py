@@ -179,7 +179,10 @@ def test_bad_requests_change_nothing(tmp_path, sisa_config):
             unlearn_state_dir(state, ids)
         assert tree_bytes(state) == before, f"state changed after rejected request {ids}"
     with pytest.raises(UnlearningError, match="unknown mode"):
-        unlearn_state_dir(state, [good], mode="approximate")
+        unlearn_state_dir(state, [good], mode="fast")
+    assert tree_bytes(state) == before
+    with pytest.raises(UnlearningError, match="needs an approximate mode"):
+        unlearn_state_dir(state, [good], mode="exact", method="salun")
     assert tree_bytes(state) == before
 
 

@@ -54,6 +54,32 @@ def write_exclusive(state_dir: str, name: str, body: str) -> str:
     return path
 
 
+def _format_approximate(cert: dict) -> str:
+    lines = [f"deleted {len(cert['deleted'])} id(s) APPROXIMATELY with {cert['method']} (request {cert['request_id']}); "
+             f"model version {cert['model_version_before']} -> {cert['model_version_after']}"]
+    for g, row in cert["groups"].items():
+        before, after = row["metrics_before"], row["metrics_after"]
+
+        def mean(metrics, key):
+            return "n/a" if metrics.get(key) is None else f"{metrics[key]['mean']:.3f}"
+
+        forget_before = "n/a" if before.get("UA") is None else f"{1 - before['UA']['mean']:.3f}"
+        forget_after = "n/a" if after.get("UA") is None else f"{1 - after['UA']['mean']:.3f}"
+        lines.append(f"  group {g}: gate passed; forget-set accuracy {forget_before} -> {forget_after}, test accuracy "
+                     f"{mean(before, 'TA')} -> {mean(after, 'TA')}, MIA-efficacy {mean(after, 'MIA')}")
+    for g, debt in cert.get("unlearning_debt", {}).items():
+        lines.append(f"  unlearning debt: group {g} ({len(debt['ids'])} id(s)) from stage {debt['earliest_stage']}: "
+                     "`ostracon verify` reports it as approximate; the next exact replay of the group clears it")
+    if cert.get("not_updated"):
+        lines.append(f"  no update needed for {len(cert['not_updated'])} id(s) held by workers that never read their data")
+    lines.append(f"  cost: {cert['gradient_evaluations']} gradient evaluations vs "
+                 f"{cert['full_retrain_gradient_evaluations']} for a full retrain (ratio {cert['cost_ratio']:.3f}); "
+                 f"{cert['wall_time_s']:.2f}s")
+    if cert.get("certificate_path"):
+        lines.append(f"  certificate: {cert['certificate_path']}")
+    return "\n".join(lines)
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -63,8 +89,14 @@ def format_certificate(cert: dict) -> str:
     if cert["status"] == "noop":
         return (f"nothing to delete: {len(cert['already_deleted'])} id(s) already deleted "
                 f"(model version {cert['model_version']})")
-    lines = [f"deleted {len(cert['deleted'])} id(s) (request {cert['request_id']}); model version "
+    if cert["mode"] == "approximate":
+        return _format_approximate(cert)
+    lines = [f"deleted {len(cert['deleted'])} id(s) exactly (request {cert['request_id']}); model version "
              f"{cert['model_version_before']} -> {cert['model_version_after']}"]
+    for phase in cert.get("phases", [])[:-1]:
+        lines.append(f"  requested {cert['requested_mode']}: approximate phase"
+                     f"{' (' + phase['method'] + ')' if phase.get('method') else ''}: {phase['outcome']}"
+                     + (f" (model version {phase['model_version_after']})" if phase.get("model_version_after") else ""))
     for g, row in cert["groups"].items():
         why = f" ({row['reason']})" if row.get("reason") else ""
         lines.append(f"  group {g}: replayed stages {row['replayed_stages']} from "

@@ -36,16 +36,20 @@ from .. import faults
 from ..backends import Backend, make_backend
 from ..checkpoints import CheckpointError
 from ..ensemble import ensemble_accuracy
-from ..ledger import DONE, JOURNALED, PUBLISHED, TOMBSTONED, Request
+from ..ledger import APPROXIMATED, DONE, JOURNALED, PUBLISHED, TOMBSTONED, Request
 from ..protocols import Session, elapsed
 from ..training import _stats, _write_json, as_tensor, served_worker, write_accuracy_plot, write_state_json, plot_title
 from . import certificates
-from .state import TrainedState, checkpoint_problems, sync_stores
+from .state import TrainedState, approximate_problems, checkpoint_problems, sync_stores
 
 log = logging.getLogger(__name__)
 
 REPLAY_SUFFIX = ".replay"
 NO_REPLAY_REASON = "held by a Byzantine worker whose behaviour never reads its data: no model depends on it"
+GUARANTEE = ("exact: every published model is bit-identical to a retrain from scratch without the deleted ids "
+             "(same config, seed and recorded schedule); `ostracon verify` recomputes it")
+INTERRUPTED = ("the approximate update was interrupted before it was published (or the process restarted); "
+               "the request was carried out exactly")
 
 
 @dataclass
@@ -138,7 +142,16 @@ def replay_starts(st: TrainedState, request: Request) -> tuple[dict[int, int], l
             starts[d.group] = min(starts.get(d.group, d.slice), d.slice)
         else:
             not_replayed.append(i)
+    _, record = st.ledger.latest_version()
     repairs = []
+    for g, problem in sorted(approximate_problems(st).items()):
+        stage = record["debt"][str(g)]["earliest_stage"]
+        repairs.append(f"approximate model of group {g} {problem}: group {g} replayed exactly from stage {stage}")
+        starts[g] = min(starts.get(g, stage), stage)
+    for g in list(starts):
+        debt = record.get("debt", {}).get(str(g))
+        if debt is not None:  # the checkpoints from the debt's stage on still carry approximately deleted ids
+            starts[g] = min(starts[g], debt["earliest_stage"])
     for (g, s), problem in sorted(checkpoint_problems(st).items()):
         if s < starts.get(g, st.config.unlearning.slices):
             repairs.append(f"checkpoint group {g} stage {s} {problem}: group {g} replayed from stage {s}")
@@ -148,11 +161,14 @@ def replay_starts(st: TrainedState, request: Request) -> tuple[dict[int, int], l
 
 
 def run_request(st: TrainedState, request: Request, backend: Backend | None = None, on_round=None,
-                began: float | None = None, *, live: LiveWorkers | None = None, on_stage=None) -> dict:
-    """Carry a journaled request through every remaining step; returns its certificate.
+                began: float | None = None, *, live: LiveWorkers | None = None, on_stage=None,
+                phases: list[dict] | None = None) -> dict:
+    """Carry a journaled request through every remaining step exactly; returns its certificate.
 
     With ``live`` (a warm cluster) the replay runs on its started workers, whose stores are re-read
-    after the driver tombstones them; else ``backend`` (or the config's) is started and stopped."""
+    after the driver tombstones them; else ``backend`` (or the config's) is started and stopped.
+    A request of an approximate mode ends here when its approximate update failed the gate
+    (``phases`` says why), was interrupted, or (approximate_then_exact) for its exact phase."""
     began = time.perf_counter() if began is None else began
     ledger, config, plan = st.ledger, st.config, st.plan
     if request.step == PUBLISHED:
@@ -181,7 +197,9 @@ def run_request(st: TrainedState, request: Request, backend: Backend | None = No
             raise CheckpointError(f"checkpoint group {g} stage {s} changed on disk between its replay and its promotion")
         index[f"{g}/{s}"] = info
         faults.point(f"deletion.promoted:group-{g}/stage-{s}")
-    thetas = final_thetas(st, index)
+    approximate = {g: v for g, v in record.get("approximate", {}).items() if int(g) not in starts}
+    debt = {g: v for g, v in record.get("debt", {}).items() if int(g) not in starts}  # replayed: cleared
+    thetas = final_thetas(st, {"checkpoints": index, "approximate": approximate})
     worker_digests = {str(j): parameter_digest(as_tensor(theta)) for j, theta in sorted(thetas.items())}
     group_digests = {str(g): worker_digests[str(served_worker(plan, g))] for g in plan.groups}
     full_cost = ledger.versions()[0][2]["gradient_evaluations"]
@@ -191,6 +209,7 @@ def run_request(st: TrainedState, request: Request, backend: Backend | None = No
         "kind": certificates.KIND,
         "mode": "exact",
         "status": "deleted",
+        "guarantee": GUARANTEE,
         "request_id": request.id,
         "requested": request.requested,
         "deleted": request.ids,
@@ -224,6 +243,12 @@ def run_request(st: TrainedState, request: Request, backend: Backend | None = No
         "time": certificates.now(),
         "wall_time_s": elapsed(began),
     }
+    if approximate or debt:  # other groups' approximate models and their debt stay as they were
+        cert["guarantee"] = (GUARANTEE.replace("every published model", "every replayed group's model") +
+                             f"; group(s) {', '.join(sorted(debt))} still serve approximate models (unlearning debt)")
+    if request.mode != "exact":
+        cert["requested_mode"] = request.mode
+        cert["phases"] = _phases(st, request, phases, cert, thetas)
     new_record = {
         "worker_digests": worker_digests,
         "group_digests": group_digests,
@@ -232,10 +257,27 @@ def run_request(st: TrainedState, request: Request, backend: Backend | None = No
         "gradient_evaluations": full_cost,
         "evaluation": cert["evaluation"],
     }
+    if approximate or debt:
+        new_record.update(approximate=approximate, debt=debt)
     name = certificates.certificate_name(request.id, new_version)
     ledger.publish(request.id, new_version, new_record, (name, certificates.encode(cert)))
     faults.point("deletion.published")
     return finish_published(st, request.id)
+
+
+def _phases(st: TrainedState, request: Request, phases: list[dict] | None, cert: dict, thetas) -> list[dict]:
+    """The phases of an approximate-mode request that ends exactly: the approximate one (from the caller,
+    from the version it published, or a note that it was interrupted), then this exact one."""
+    from .approximate import forget_by_group, group_metrics, summarize
+
+    if phases is None:
+        published = st.ledger.version_of(request.id) if request.step == APPROXIMATED else None
+        phases = [published[1]["phase"]] if published else [{"mode": "approximate", "outcome": INTERRUPTED}]
+    exact = {"mode": "exact", "model_version_after": cert["model_version_after"],
+             "gradient_evaluations": cert["gradient_evaluations"], "evaluation": cert["evaluation"],
+             "groups": {str(g): {"metrics": summarize(group_metrics(st, g, thetas, ids))}
+                        for g, ids in sorted(forget_by_group(st, request.ids).items())}}
+    return list(phases) + [exact]
 
 
 def finish_published(st: TrainedState, request_id: int) -> dict:
@@ -287,12 +329,22 @@ def abandon_request(st: TrainedState, request_id: int, live: LiveWorkers | None 
     return repairs
 
 
-def final_thetas(st: TrainedState, index: dict) -> dict[int, np.ndarray]:
-    """Every honest worker's published parameters, read from its group's last checkpoint (hash-checked)."""
+def published_states(st: TrainedState, record: dict, group: int) -> dict[int, dict]:
+    """The published states of ``group``'s stateful workers (hash-checked): its approximate model if an
+    approximate deletion updated it since its last replay, else its last stage checkpoint."""
+    approximate = record.get("approximate", {}).get(str(group))
+    if approximate is not None:
+        return st.checkpoints.read_states(os.path.join(st.checkpoints.root, approximate["file"]), approximate["sha256"])
     last = st.config.unlearning.slices - 1
+    return st.checkpoints.states(group, last, sha256=record["checkpoints"][f"{group}/{last}"]["sha256"])
+
+
+def final_thetas(st: TrainedState, record: dict) -> dict[int, np.ndarray]:
+    """Every honest worker's published parameters (``record``: a version record, or at least its
+    ``checkpoints`` index and ``approximate`` models)."""
     out = {}
     for g in st.plan.groups:
-        states = st.checkpoints.states(g, last, sha256=index[f"{g}/{last}"]["sha256"])
+        states = published_states(st, record, g)
         out.update({j: states[j]["theta"] for j in st.plan.honest(g)})
     return out
 

@@ -19,13 +19,15 @@ from .. import faults, statedir
 from ..errors import OstraconError, RequestError
 from ..checkpoints import CheckpointStore, file_sha256
 from ..config import Config, load
-from ..ledger import DONE, PUBLISHED, Deletion, Ledger, open_ledger
+from ..ledger import APPROXIMATED, DONE, PUBLISHED, Deletion, Ledger, open_ledger
 from ..plan import RunPlan, dataset_digest, load_config_dataset, make_plan
 
 log = logging.getLogger(__name__)
 
-# Overrides a command may apply to a trained state's recorded config: where to run, never what.
-RUNTIME_KEYS = ("backend.",)
+# Overrides a command may apply to a trained state's recorded config: where to run and how to unlearn
+# approximately, never what was trained.
+RUNTIME_KEYS = ("backend.", "unlearning.method", "unlearning.gate.", "unlearning.ft.", "unlearning.ga.",
+                "unlearning.npo.", "unlearning.rl.", "unlearning.l1_sparse.", "unlearning.salun.", "unlearning.ssd.")
 
 
 class SourceChangedError(OstraconError, RuntimeError):
@@ -51,7 +53,7 @@ class TrainedState:
         return CheckpointStore(self.state_dir)
 
     def published_ids(self) -> set[str]:
-        published = {r.id for r in self.ledger.requests() if r.step in (PUBLISHED, DONE)}
+        published = {r.id for r in self.ledger.requests() if r.step in (APPROXIMATED, PUBLISHED, DONE)}
         return {i for i, d in self.deletions.items() if d.request_id in published}
 
     def ids_by_worker(self, ids=None) -> dict[int, set[str]]:
@@ -77,7 +79,8 @@ def open_state(state_dir: str | os.PathLike, overrides: Mapping | None = None, *
     overrides = dict(overrides or {})
     bad = [k for k in overrides if not k.startswith(RUNTIME_KEYS)]
     if bad:
-        raise RequestError(f"only backend settings can be overridden on a trained state, not: {', '.join(bad)}")
+        raise RequestError("only backend.* and approximate-unlearning settings (unlearning.method, unlearning.gate.*, "
+                           f"unlearning.<method>.*) can be overridden on a trained state, not: {', '.join(bad)}")
     ledger = open_ledger(state_dir, readonly=readonly)
     try:
         config = load(config_path, overrides)
@@ -189,6 +192,19 @@ def checkpoint_problems(st: TrainedState) -> dict[tuple[int, int], str]:
         problem = st.checkpoints.check(g, s, info["sha256"])
         if problem:
             problems[(g, s)] = problem
+    return problems
+
+
+def approximate_problems(st: TrainedState) -> dict[int, str]:
+    """Each group whose published approximate model file is missing or differs from its recorded sha256."""
+    _, record = st.ledger.latest_version()
+    problems = {}
+    for g, info in sorted(record.get("approximate", {}).items()):
+        path = os.path.join(st.checkpoints.root, info["file"])
+        if not os.path.exists(path):
+            problems[int(g)] = "missing"
+        elif file_sha256(path) != info["sha256"]:
+            problems[int(g)] = "sha256 differs from the ledger"
     return problems
 
 

@@ -18,8 +18,8 @@ from .. import statedir
 from ..ledger import PUBLISHED, LedgerError
 from ..training import train
 from . import certificates
-from .state import SourceChangedError, TrainedState, checkpoint_problems, live_ids, open_state, \
-    state_json_problems, store_problems, stored_ids
+from .state import SourceChangedError, TrainedState, approximate_problems, checkpoint_problems, live_ids, \
+    open_state, state_json_problems, store_problems, stored_ids
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,19 @@ FAILURES = {
     "CHECKPOINT_MISSING": "a stage checkpoint is missing",
     "CHECKPOINT_HASH_MISMATCH": "a stage checkpoint differs from its recorded sha256",
     "MODEL_MISMATCH": "a published model differs from a retrain from scratch",
+    "APPROXIMATE_NOT_VERIFIABLE": "a group serves an approximately unlearned model (unlearning debt): it cannot "
+                                  "match a retrain; pass --allow-approximate to accept it",
 }
 
 
-def verify_state_dir(state_dir: str | os.PathLike, *, overrides: Mapping | None = None, retrain: bool = True) -> dict:
-    """Audit ``state_dir``; returns ``{"ok", "failures": [{"name", "detail"}], "pending", "groups", ...}``."""
+def verify_state_dir(state_dir: str | os.PathLike, *, overrides: Mapping | None = None, retrain: bool = True,
+                     allow_approximate: bool = False) -> dict:
+    """Audit ``state_dir``; returns ``{"ok", "failures": [{"name", "detail"}], "pending", "groups",
+    "approximate", ...}``. A group with unlearning debt is never a match: it is reported under
+    ``approximate`` and fails as APPROXIMATE_NOT_VERIFIABLE unless ``allow_approximate``."""
     state_dir = os.fspath(state_dir)
     report: dict = {"state_dir": state_dir, "ok": False, "failures": [], "pending": [], "groups": {},
+                    "approximate": {}, "allow_approximate": allow_approximate,
                     "deleted": 0, "model_version": None, "checks": []}
     statedir.require_state(state_dir)
     with statedir.exclusive(state_dir, "verify"):
@@ -58,7 +64,7 @@ def verify_state_dir(state_dir: str | os.PathLike, *, overrides: Mapping | None 
             _fail(report, "SOURCE_CHANGED", str(exc))
             return report
         try:
-            _audit(st, report, retrain)
+            _audit(st, report, retrain, allow_approximate)
         finally:
             st.close()
     report["ok"] = not report["failures"]
@@ -69,7 +75,7 @@ def _fail(report: dict, name: str, detail: str) -> None:
     report["failures"].append({"name": name, "detail": detail})
 
 
-def _audit(st: TrainedState, report: dict, retrain: bool) -> None:
+def _audit(st: TrainedState, report: dict, retrain: bool, allow_approximate: bool) -> None:
     ledger = st.ledger
     version, record = ledger.latest_version()
     report["model_version"] = version
@@ -110,6 +116,19 @@ def _audit(st: TrainedState, report: dict, retrain: bool) -> None:
             continue
         name = "CHECKPOINT_MISSING" if problem == "missing" else "CHECKPOINT_HASH_MISMATCH"
         _fail(report, name, f"{st.checkpoints.path(g, s)}: {problem}")
+    for g, problem in approximate_problems(st).items():
+        if g in pending_groups:
+            continue
+        name = "CHECKPOINT_MISSING" if problem == "missing" else "CHECKPOINT_HASH_MISMATCH"
+        _fail(report, name, f"approximate model of group {g} ({record['approximate'][str(g)]['file']}): {problem}")
+
+    debt = record.get("debt", {})
+    for g, row in sorted(debt.items()):
+        report["approximate"][g] = {"ids": len(row["ids"]), "earliest_stage": row["earliest_stage"]}
+        if not allow_approximate and int(g) not in pending_groups:  # pending: its exact phase is still to run
+            _fail(report, "APPROXIMATE_NOT_VERIFIABLE",
+                  f"group {g}: approximate, not verifiable ({len(row['ids'])} id(s) deleted approximately; its "
+                  f"checkpoints from stage {row['earliest_stage']} on still carry them)")
 
     if not retrain:
         return
@@ -118,13 +137,17 @@ def _audit(st: TrainedState, report: dict, retrain: bool) -> None:
     result = train(st.config, None, progress=False, dataset=st.source.without(published),
                    schedule=ledger.schedule())
     got = result.summary
+    indebted_workers = {str(j) for g in debt for j in st.plan.group_workers(int(g))}
     for g, expected in sorted(record["group_digests"].items()):
         recomputed = got["group_digests"][g]
+        if g in debt:  # approximate: never compared, never a match
+            report["groups"][g] = {"expected": expected, "recomputed": recomputed, "match": None, "approximate": True}
+            continue
         report["groups"][g] = {"expected": expected, "recomputed": recomputed, "match": expected == recomputed}
         if expected != recomputed:
             _fail(report, "MODEL_MISMATCH", f"group {g}: published {expected[:16]} != retrain {recomputed[:16]}")
     for j, digest in sorted(got["worker_digests"].items()):
-        if record["worker_digests"].get(j) != digest:
+        if j not in indebted_workers and record["worker_digests"].get(j) != digest:
             _fail(report, "MODEL_MISMATCH", f"worker {j}: published {str(record['worker_digests'].get(j))[:16]} "
                                             f"!= retrain {digest[:16]}")
 
@@ -166,6 +189,11 @@ def _audit_certificates(st: TrainedState, report: dict, stored: dict) -> None:
 def format_report(report: dict) -> str:
     lines = []
     for g, row in sorted(report["groups"].items()):
+        if row.get("approximate"):
+            debt = report["approximate"][g]
+            lines.append(f"group {g}: APPROXIMATE, not verifiable ({debt['ids']} id(s) deleted approximately; "
+                         f"unlearning debt from stage {debt['earliest_stage']})")
+            continue
         lines.append(f"group {g}: {'MATCH' if row['match'] else 'MISMATCH'} expected {row['expected'][:16]} "
                      f"recomputed {row['recomputed'][:16]}")
     for f in report["failures"]:
@@ -178,7 +206,10 @@ def format_report(report: dict) -> str:
         names = sorted({f["name"] for f in report["failures"]})
         lines.append(f"verification FAILED: {len(report['failures'])} problem(s): {', '.join(names)}")
     else:
+        approximate = sorted(report.get("approximate", {}))
+        exact_groups = "" if not approximate else \
+            f" (group(s) {', '.join(approximate)} approximate, not verifiable: accepted by --allow-approximate)"
         lines.append(f"verified: model version {report['model_version']} ({report['deleted']} deleted id(s)) matches "
-                     "the ledger, the stores, the certificates and a retrain from scratch"
+                     "the ledger, the stores, the certificates and a retrain from scratch" + exact_groups
                      + ("; some requests are pending" if report["pending"] else ""))
     return "\n".join(lines)
