@@ -15,7 +15,7 @@ import os
 from typing import Mapping
 
 from .. import statedir
-from ..ledger import PUBLISHED, LedgerError
+from ..ledger import APPROXIMATED, PUBLISHED, LedgerError
 from ..training import train
 from . import certificates
 from .state import SourceChangedError, TrainedState, approximate_problems, checkpoint_problems, live_ids, \
@@ -106,7 +106,7 @@ def _audit(st: TrainedState, report: dict, retrain: bool, allow_approximate: boo
     _audit_certificates(st, report, stored)
 
     report["checks"].append("state.json")
-    if not any(r.step == PUBLISHED for r in unfinished):  # else it still shows the version before: pending
+    if not any(r.step in (PUBLISHED, APPROXIMATED) for r in unfinished):  # else it may show the version before
         for problem in state_json_problems(st):
             _fail(report, "STATE_JSON_MISMATCH", problem)
 
