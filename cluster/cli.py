@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", help="PEM certificate chain for TLS (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key for TLS (with --tls-cert)")
     p.add_argument("--max-ids-per-request", type=int, default=10_000, help="largest Delete accepted (default 10000)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an approximate-unlearning setting for the requests it serves, e.g. "
+                        "--set unlearning.method=ft (repeatable)")
 
     p = sub.add_parser("delete", help="ask a coordinator to delete samples (prints the operation)")
     _client_options(p)
@@ -369,7 +372,7 @@ def cmd_serve(args) -> int:
         raise RequestError(f"--max-ids-per-request {args.max_ids_per_request}: must be at least 1")
     if not 0 <= args.port <= 65535:
         raise RequestError(f"--port {args.port}: not a TCP port (0-65535; 0 picks a free one)")
-    return serve(args.state_dir, config_path=args.config, overrides=_backend_overrides(args), host=args.host,
+    return serve(args.state_dir, config_path=args.config, overrides=_unlearn_overrides(args), host=args.host,
                  port=args.port, token=load_token(args.token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
                  max_ids_per_request=args.max_ids_per_request)
 

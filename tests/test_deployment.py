@@ -230,3 +230,32 @@ def test_an_empty_directory_with_a_config_is_trained_then_served(tmp_path, train
         assert len(dep.status().workers) == len(make_plan(config).specs)
     with open_ledger(state, readonly=True) as served, open_ledger(trained, readonly=True) as reference:
         assert served.latest_version()[1]["group_digests"] == reference.latest_version()[1]["group_digests"]
+
+
+NO_GATE = {"unlearning.gate.max_test_drop": 1.0, "unlearning.gate.max_retain_drop": 1.0,
+           "unlearning.gate.max_forget_gap": 1.0}
+
+
+def test_warm_approximate_modes_publish_then_settle(state, config):
+    """approximate: one operation, a gated update on the live workers, debt; approximate_then_exact: the
+    approximate version is served while the replay runs, and the operation ends exact (both phases)."""
+    a, b = trainer_ids(config, 2, seed=31)
+    with Deployment(state, overrides={**NO_GATE, "unlearning.method": "ft"}) as dep:
+        features = make_plan(config).test_features[:4]
+        op = dep.delete([a], mode="approximate")
+        messages = [o.message for _, o in wait_done(dep, op.id)]
+        assert dep.operation(op.id).state == "SUCCEEDED", messages
+        cert = dep.certificate(op.id)
+        assert cert["mode"] == "approximate" and cert["method"] == "ft" and cert["unlearning_debt"]
+        assert dep.predict(features)[2] == cert["model_version_after"] == 2
+        op = dep.delete([b], mode="approximate_then_exact", method="salun")
+        events = [o for _, o in wait_done(dep, op.id)]
+        assert any("approximate version 3 published" in o.message for o in events), [o.message for o in events]
+        cert = dep.certificate(op.id)
+        assert cert["mode"] == "exact" and cert["requested_mode"] == "approximate_then_exact"
+        assert [p["mode"] for p in cert["phases"]] == ["approximate", "exact"]
+        assert cert["phases"][0]["method"] == "salun" and cert["model_version_after"] == 4
+        assert dep.predict(features)[2] == 4
+    # b's exact replay of its group cleared that group's debt; a's group may still carry it
+    report = verify_state_dir(state, allow_approximate=True)
+    assert report["ok"], report["failures"]
