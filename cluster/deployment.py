@@ -293,9 +293,13 @@ class Deployment:
             cert = self._certificate_of(st.ledger, request_id)
         self._cache_model(st)
         version = int(cert["model_version_after"])
+        how = "approximately" if cert["mode"] == "approximate" else "exactly"
+        phases = cert.get("phases") or [{}]
+        if str(phases[0].get("outcome", "")).startswith("rolled back"):
+            how = "exactly (the approximate update failed the gate and was rolled back; see the certificate)"
         self._journal.update([op.id for op in ops if op.state != SUCCEEDED], state=SUCCEEDED, progress=1.0,
                              model_version=version,
-                             message=f"deleted {len(cert['deleted'])} id(s) in request {request_id}; "
+                             message=f"deleted {len(cert['deleted'])} id(s) {how} in request {request_id}; "
                                      f"model version {version}")
 
     def _progress(self, op_ids, stage: int, first: int, last: int) -> None:

@@ -12,7 +12,8 @@ validated before anything changes, and overridable as config keys ``unlearning.<
 How a group unlearns (``ostracon.cluster.unlearning.approximate`` drives it), ``steps`` rounds of::
 
     F      = sum_h n_h * grad forget_loss(theta_h; forget rows of h) / sum_h n_h   # at the holders h
-    d_j    = retain_weight * grad CE(theta_j; retained batch of j) + F + penalty_j(t)
+    r_j    = retain_weight * grad CE(theta_j; retained batch of j)
+    d_j    = r_j + F * min(1, |r_j| / |F|) + penalty_j(t)   # (F unclipped when there is no r_j: GA)
     m_j    = momentum * m_j + d_j                  # a fresh optimiser: m_j starts at 0
     half_j = theta_j - lr * m_j                    # sent; mixed with the group's robust rule
     theta_j = rule(received half-models, pivot=half_j, f)
@@ -20,7 +21,10 @@ How a group unlearns (``ostracon.cluster.unlearning.approximate`` drives it), ``
 The forget term is computed where the forget rows are (they never leave their worker) and applied by
 every trainer of the group, so the honest models move together and a lone holder's update is not
 filtered out by nearest-neighbour averaging as an outlier; the retained data stays where it is; the
-mix keeps a Byzantine worker from hijacking the update. SalUn restricts every change (step, momentum,
+mix keeps a Byzantine worker from hijacking the update. The forget term is clipped to the norm of each
+trainer's own retained-data step: whoever computed it (a Byzantine worker may hold forget rows too),
+it moves an honest model no further per round than one honest step, and a one-sample forget set
+(whose random-label or ascent gradient is huge) cannot blow the model up. SalUn restricts every change (step, momentum,
 mix) to its saliency mask; SSD is one-shot (no rounds): it dampens parameters by importance.
 """
 

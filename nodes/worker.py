@@ -407,7 +407,13 @@ class Worker:
             job.rows += p.batch_size
             active = True
         if job.shared is not None:
-            direction += job.shared
+            forget = job.shared
+            if active:  # bounded by this worker's own retained-data step (module docstring of nodes.approximate)
+                norm = torch.linalg.vector_norm(forget)
+                bound = torch.linalg.vector_norm(direction)
+                if norm > bound:
+                    forget = forget * (bound / norm)
+            direction += forget
             active = True
         gamma = getattr(p, "gamma", 0.0)
         if gamma:
