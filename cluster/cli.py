@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it they fail as APPROXIMATE_NOT_VERIFIABLE")
 
     p = sub.add_parser("bench", help="run a benchmark and print its table")
-    p.add_argument("name", choices=("robustness", "aggregators", "scale", "unlearning", "service"))
+    p.add_argument("name", choices=("robustness", "aggregators", "scale", "unlearning", "unlearning_methods", "service"))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
 
     p = sub.add_parser("demo", help="train on digits with Byzantine workers, delete samples exactly, verify")
