@@ -37,8 +37,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from .approximate_params import (FTParams, GAParams, L1SparseParams, NPOParams, Params, RLParams, SalUnParams,
-                                 SSDParams)
+from .approximate_params import FTParams, GAParams, L1SparseParams, NPOParams, RLParams, SalUnParams, SSDParams
 
 
 @dataclass(frozen=True)
