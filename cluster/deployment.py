@@ -296,7 +296,7 @@ class Deployment:
         how = "approximately" if cert["mode"] == "approximate" else "exactly"
         phases = cert.get("phases") or [{}]
         if str(phases[0].get("outcome", "")).startswith("rolled back"):
-            how = "exactly (the approximate update failed the gate and was rolled back; see the certificate)"
+            how = "exactly (the approximate update was rolled back: see the certificate's phases)"
         self._journal.update([op.id for op in ops if op.state != SUCCEEDED], state=SUCCEEDED, progress=1.0,
                              model_version=version,
                              message=f"deleted {len(cert['deleted'])} id(s) {how} in request {request_id}; "

@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 
 from ostracon.cluster import Deployment
+from ostracon.cluster.unlearning import verify_state_dir
 from test_deletion_core import assert_consistent, retrain_digests, trainer_ids
 
-pytestmark = pytest.mark.slow
-
 ON_RAY = {"backend.name": "ray"}
+NO_GATE = {"unlearning.gate.max_test_drop": 1.0, "unlearning.gate.max_retain_drop": 1.0,
+           "unlearning.gate.max_forget_gap": 1.0}
 
-
-pytestmark = pytest.mark.usefixtures("ray_runtime")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 
 
 def pids(dep):
@@ -59,3 +59,30 @@ def test_a_worker_killed_during_the_replay_is_redone_and_still_exact(state, conf
         assert {j: p for j, p in now.items() if j != 0} == others
         assert next(w for w in dep.status().workers if w.index == 0).restarts == 1
     assert_consistent(state, config, ids, retrain_digests(config, ids))
+
+
+def test_a_worker_killed_during_an_approximate_update_falls_back_to_exact(state, config):
+    """The approximate update runs on the live actors; an actor killed mid-update voids it (never
+    published), and the request ends exact on the restarted actor."""
+    ids = trainer_ids(config, 1, seed=91, groups=(0,))
+    killed = {}
+
+    def kill_worker_1_once(t, backend):
+        if not killed:
+            killed["pid"] = backend.call([1], "pid")[1]
+            backend.kill(1)
+
+    with Deployment(state, overrides={**ON_RAY, **NO_GATE, "unlearning.method": "rl"},
+                    on_round=kill_worker_1_once) as dep:
+        op = dep.delete(ids, mode="approximate")
+        final = list(dep.watch(op.id))[-1][1]
+        assert final.state == "SUCCEEDED" and "rolled back" in final.message, final.message
+        cert = dep.certificate(op.id)
+        assert cert["mode"] == "exact" and cert["requested_mode"] == "approximate"
+        assert "died" in cert["phases"][0]["error"] or "failed" in cert["phases"][0]["error"], cert["phases"][0]
+        assert pids(dep)[1] != killed["pid"]
+        op = dep.delete(trainer_ids(config, 1, seed=92, groups=(1,)), mode="approximate")  # the next one still works
+        final = list(dep.watch(op.id))[-1][1]
+        assert final.state == "SUCCEEDED" and dep.certificate(op.id)["mode"] == "approximate", final.message
+    report = verify_state_dir(state, allow_approximate=True)
+    assert report["ok"] and list(report["approximate"]) == ["1"], report
