@@ -231,3 +231,17 @@ def test_verify_cli_exit_codes_for_an_approximate_state(state, config):
     bad = subprocess.run(cli + ["unlearn", "--state-dir", str(state), "--ids", ids[0], "--method", "ft"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "needs an approximate mode" in bad.stderr
+
+
+def test_a_damaged_approximate_model_is_repaired_by_the_next_request(state, config):
+    first, second = trainer_ids(config, 2, seed=23, groups=(0,))
+    unlearn_state_dir(state, [first], mode="approximate", method="ft", overrides=NO_GATE)
+    with open_ledger(state, readonly=True) as ledger:
+        approximate_file = state / "checkpoints" / ledger.latest_version()[1]["approximate"]["0"]["file"]
+    approximate_file.write_bytes(approximate_file.read_bytes()[:-7] + b"garbage")
+    report = verify_state_dir(state, retrain=False, allow_approximate=True)
+    assert [f["name"] for f in report["failures"]] == ["CHECKPOINT_HASH_MISMATCH"], report["failures"]
+    cert = unlearn_state_dir(state, [second], mode="approximate", method="ft", overrides=NO_GATE)
+    assert cert["mode"] == "exact" and "damaged" in cert["phases"][0]["error"]
+    assert any("approximate model of group 0" in r for r in cert["repairs"]), cert["repairs"]
+    assert_consistent(state, config, [first, second], retrain_digests(config, [first, second]))
