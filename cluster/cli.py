@@ -82,9 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=("robustness", "aggregators", "scale", "unlearning", "unlearning_methods", "service"))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
 
-    p = sub.add_parser("demo", help="train on digits with Byzantine workers, delete samples exactly, verify")
+    p = sub.add_parser("demo", help="the main job: train on Ray with Byzantine workers, serve it, delete through "
+                                     "the gRPC service (a worker killed mid-replay), report, verify")
     p.add_argument("-o", "--outdir", default=None, help="where to write the run (default: a new temp dir)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--backend", choices=("local", "ray"), default="ray",
+                   help="ray (default: a local Ray runtime in this process) or local (in-process workers, "
+                        "faster; no actor is killed)")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="after the report, serve the state on the same port until Ctrl-C")
+    p.add_argument("--clean", action="store_true", help="remove the run's folder at the end")
 
     p = sub.add_parser("serve", help="run the coordinator: a gRPC deletion service over a warm cluster")
     p.add_argument("--state-dir", required=True, help="state directory (trained first when empty and -c is given)")
@@ -361,7 +367,9 @@ def cmd_bench(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.outdir, backend=args.backend)
+    if not args.verbose:  # the demo prints its own progress; ostracon's log shows warnings only (-v: all)
+        log.setLevel(logging.WARNING)
+    return run_demo(args.outdir, backend=args.backend, keep_serving_after=args.keep_serving, clean=args.clean)
 
 
 def cmd_serve(args) -> int:

@@ -1,18 +1,13 @@
-"""What a new user of the command line runs into: output paths, odd ids, relative paths, the demo's folder."""
+"""What a new user of the command line runs into: output paths, odd ids, relative paths (the demo: test_demo.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
 from ostracon.cluster.cli import main
 from ostracon.nodes.data import load_dataset
-
-OSTRACON = os.path.join(os.path.dirname(sys.executable), "ostracon")
 
 CONFIG = """
 seed = 2
@@ -102,16 +97,6 @@ def test_relative_data_path_is_stored_absolute_so_unlearn_and_verify_work_elsewh
     assert main(["unlearn", "--state-dir", str(state), "--ids", _training_ids(state)[3]]) == 0
     assert main(["verify", "--state-dir", str(state)]) == 0
     assert "verified" in capsys.readouterr().out
-
-
-def test_demo_without_outdir_names_the_folder_it_kept(tmp_path):
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    done = subprocess.run([OSTRACON, "demo"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    last = done.stdout.strip().splitlines()[-1]
-    [kept] = [d for d in tmp_path.iterdir() if d.name.startswith("ostracon-demo-")]
-    assert last.startswith(f"kept the run in {kept} "), last
-    assert (kept / "run" / "state.json").is_file()
 
 
 def test_many_groups_over_little_data_warn_naming_the_counts(caplog):
