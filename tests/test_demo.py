@@ -31,7 +31,7 @@ def assert_report(out: str) -> None:
     """What every run of the demo reports, whatever the backend."""
     assert "certificate mode exact (requested exact)" in out, out
     assert "certificate mode exact (requested approximate_then_exact)" in out, out
-    assert "phase 1 approximate (l1_sparse)" in out and "phase 2 exact" in out, out
+    assert "phase 1 approximate (salun)" in out and "phase 2 exact" in out, out
     assert "an unknown sample id: NOT_FOUND: " in out and "an empty id list: INVALID_ARGUMENT: " in out, out
     assert "Predict (model version " in out, out
     assert "group 0: MATCH" in out and "group 1: MATCH" in out, out
@@ -109,6 +109,6 @@ def test_default_demo_on_ray_kills_a_worker_mid_replay_and_still_verifies(tmp_pa
     assert "local Ray runtime started" in out and "(backend ray;" in out, out
     assert "actor was killed after round" in out and "restarted by Ray" in out, out
     assert "redone from its start after a worker failure" in out, out
-    assert "approximate phase (l1_sparse)" in out, out  # the approximate version was published, then replaced
+    assert "approximate phase (salun)" in out, out  # the approximate version was published, then replaced
     assert f"removed {outdir} (--clean)" in out and not outdir.exists(), out
     print(f"ostracon demo on Ray took {took:.0f}s")
