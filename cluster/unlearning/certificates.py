@@ -72,12 +72,31 @@ def _format_approximate(cert: dict) -> str:
                      "`ostracon verify` reports it as approximate; the next exact replay of the group clears it")
     if cert.get("not_updated"):
         lines.append(f"  no update needed for {len(cert['not_updated'])} id(s) held by workers that never read their data")
-    lines.append(f"  cost: {cert['gradient_evaluations']} gradient evaluations vs "
-                 f"{cert['full_retrain_gradient_evaluations']} for a full retrain (ratio {cert['cost_ratio']:.3f}); "
-                 f"{cert['wall_time_s']:.2f}s")
+    lines.append(_cost_line(cert))
     if cert.get("certificate_path"):
         lines.append(f"  certificate: {cert['certificate_path']}")
     return "\n".join(lines)
+
+
+def request_fields(st, request, version_before: int, version_after: int) -> dict:
+    """What every certificate of a deletion request states: what was asked, what it deleted, where each id
+    was, and the model versions it went between (``st``: the opened state, for the ids' placement)."""
+    return {
+        "request_id": request.id,
+        "requested": request.requested,
+        "deleted": request.ids,
+        "already_deleted": [i for i in request.requested if i not in set(request.ids)],
+        "placement": {i: {"group": st.deletions[i].group, "worker": st.deletions[i].worker,
+                          "slice": st.deletions[i].slice} for i in request.ids},
+        "model_version_before": version_before,
+        "model_version_after": version_after,
+    }
+
+
+def _cost_line(cert: dict) -> str:
+    return (f"  cost: {cert['gradient_evaluations']} gradient evaluations vs "
+            f"{cert['full_retrain_gradient_evaluations']} for a full retrain (ratio {cert['cost_ratio']:.3f}); "
+            f"{cert['wall_time_s']:.2f}s")
 
 
 def now() -> str:
@@ -108,9 +127,7 @@ def format_certificate(cert: dict) -> str:
         lines.append(f"  repaired: {repair}")
     if cert.get("failures"):
         lines.append(f"  worker failures survived: {len(cert['failures'])} (stages redone; see the certificate)")
-    lines.append(f"  cost: {cert['gradient_evaluations']} gradient evaluations vs "
-                 f"{cert['full_retrain_gradient_evaluations']} for a full retrain (ratio {cert['cost_ratio']:.3f}); "
-                 f"{cert['wall_time_s']:.2f}s")
+    lines.append(_cost_line(cert))
     if cert.get("already_deleted"):
         lines.append(f"  already deleted before (no-op): {', '.join(cert['already_deleted'])}")
     if cert.get("certificate_path"):

@@ -210,14 +210,7 @@ def run_request(st: TrainedState, request: Request, backend: Backend | None = No
         "mode": "exact",
         "status": "deleted",
         "guarantee": GUARANTEE,
-        "request_id": request.id,
-        "requested": request.requested,
-        "deleted": request.ids,
-        "already_deleted": [i for i in request.requested if i not in set(request.ids)],
-        "placement": {i: {"group": st.deletions[i].group, "worker": st.deletions[i].worker,
-                          "slice": st.deletions[i].slice} for i in request.ids},
-        "model_version_before": version,
-        "model_version_after": new_version,
+        **certificates.request_fields(st, request, version, new_version),
         "groups": {
             str(g): {
                 "restarted_from_stage": k,
