@@ -245,3 +245,26 @@ def test_a_damaged_approximate_model_is_repaired_by_the_next_request(state, conf
     assert cert["mode"] == "exact" and "damaged" in cert["phases"][0]["error"]
     assert any("approximate model of group 0" in r for r in cert["repairs"]), cert["repairs"]
     assert_consistent(state, config, [first, second], retrain_digests(config, [first, second]))
+
+
+def test_kill_9_after_the_approximate_model_is_saved_ends_exact(tmp_path, trained, config):
+    """A real kill -9 between saving the approximate model and publishing it: nothing approximate was
+    published, so `--resume` finishes the request exactly (the certificate says the update was interrupted)."""
+    import os
+
+    ids = trainer_ids(config, 2, seed=29)
+    state = tmp_path / "state"
+    shutil.copytree(trained, state)
+    cli = [sys.executable, "-m", "ostracon.cluster.cli", "unlearn", "--state-dir", str(state)]
+    gate_off = [a for key, value in NO_GATE.items() for a in ("--set", f"{key}={value}")]
+    crashed = subprocess.run(cli + ["--ids", ",".join(ids), "--mode", "approximate", "--method", "rl"] + gate_off,
+                             env=dict(os.environ, OSTRACON_FAULT="approximate.saved:*"), capture_output=True, text=True)
+    assert crashed.returncode == -9, crashed.stderr
+    assert verify_state_dir(state, retrain=False)["pending"]
+    done = subprocess.run(cli + ["--resume"], capture_output=True, text=True)
+    assert done.returncode == 0 and "finished 1 interrupted request" in done.stdout, done.stdout + done.stderr
+    [name] = [p.name for p in (state / "certificates").iterdir()]
+    cert = json.loads((state / "certificates" / name).read_text())
+    assert cert["mode"] == "exact" and cert["requested_mode"] == "approximate"
+    assert "interrupted" in cert["phases"][0]["outcome"]
+    assert_consistent(state, config, ids, retrain_digests(config, ids))

@@ -93,12 +93,14 @@ def update_groups(st: TrainedState, by_group: dict[int, list[str]], method: str,
     start: dict[int, dict] = {}
     for g in groups:
         start.update(published_states(st, record, g))
-    session.flush(groups)
-    session.load_states(start)
     trainers = {g: plan.trainers(g) for g in groups}
     everyone = [j for g in groups for j in trainers[g]]
+    members = [j for g in groups for j in plan.group_workers(g)]
     values = dataclasses.asdict(params)
     try:
+        session.flush(groups)
+        known = backend.call(members, "incarnation")  # a worker restarted mid-update would have lost its job
+        session.load_states(start)
         counts = backend.call_each({
             j: ("begin_unlearning", {"method": method, "params": values, "key": key, "stage": last,
                                      "forget_ids": [i for i in by_group[plan.specs[j].group]
@@ -129,14 +131,16 @@ def update_groups(st: TrainedState, by_group: dict[int, list[str]], method: str,
                     on_round(step, backend)
             session.flush(groups)
         rows = backend.call(everyone, "end_unlearning")
+        if backend.call(members, "incarnation") != known:
+            raise ApproximateFailed("a worker restarted during the approximate update")
+        states = session.states(groups)
     except ApproximateFailed:
         _end_quietly(backend, everyone)
         raise
     except Exception as exc:  # noqa: BLE001 - a dead actor, a diverged update: the request goes exact
         _end_quietly(backend, everyone)
         raise ApproximateFailed(f"the approximate update failed: {type(exc).__name__}: {exc}") from exc
-    result = UpdateResult(groups, session.states(groups), int(sum(rows.values())), session.take_failures())
-    return result
+    return UpdateResult(groups, states, int(sum(rows.values())), session.take_failures())
 
 
 def _dampen(backend, plan, groups, holders, trainers, weights, params) -> None:
