@@ -268,3 +268,13 @@ def test_kill_9_after_the_approximate_model_is_saved_ends_exact(tmp_path, traine
     assert cert["mode"] == "exact" and cert["requested_mode"] == "approximate"
     assert "interrupted" in cert["phases"][0]["outcome"]
     assert_consistent(state, config, ids, retrain_digests(config, ids))
+
+
+def test_ids_no_model_read_are_deleted_exactly_even_in_approximate_mode(state, config):
+    from test_deletion_core import attacker_id
+
+    ids = [attacker_id(config)]
+    cert = unlearn_state_dir(state, ids, mode="approximate", method="salun")
+    assert cert["mode"] == "exact" and cert["not_replayed"] == ids and cert["gradient_evaluations"] == 0
+    assert cert["phases"][0]["outcome"].startswith("not needed")
+    assert_consistent(state, config, ids, retrain_digests(config, ids))
