@@ -28,4 +28,10 @@ def generator(seed: int, *parts: object, device: str | torch.device = "cpu") -> 
 def set_deterministic(threads: int = 1) -> None:
     """Pin the thread count and select deterministic kernels (bit-identical results across processes)."""
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    # torch.use_deterministic_algorithms(True) also sets torch._inductor's flag, which imports the whole
+    # compiler stack (~1 s per process, i.e. per Ray actor); ostracon never compiles, so set the eager flag.
+    eager = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if eager is None:
+        torch.use_deterministic_algorithms(True)
+    else:
+        eager(True, warn_only=False)

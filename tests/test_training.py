@@ -162,3 +162,14 @@ def test_a_diverged_monna_worker_finishes_the_run():
     result = train(config, progress=False)
     assert not all(np.isfinite(theta).all() for theta in result.parameters.values())
     assert result.summary["honest_test_accuracy"]["max"] == 0.0
+
+
+def test_set_deterministic_turns_on_deterministic_kernels_in_a_fresh_process():
+    """The eager flag alone (no torch._inductor import: ~1 s per Ray actor) still selects deterministic kernels."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from ostracon.nodes.seeding import set_deterministic; set_deterministic(1); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "1"]
