@@ -79,7 +79,7 @@ from ostracon.cluster.config import Config, from_dict  # noqa: E402
 from ostracon.cluster.plan import load_config_dataset, make_plan  # noqa: E402
 from ostracon.cluster.training import served_worker, train  # noqa: E402
 from ostracon.cluster.unlearning import unlearn_state_dir  # noqa: E402
-from ostracon.cluster.unlearning.approximate import retained_rows, rows_of  # noqa: E402
+from ostracon.cluster.unlearning.gate import retained_rows, rows_of  # noqa: E402
 from ostracon.cluster.unlearning.evaluation import compare_to_exact  # noqa: E402
 from ostracon.cluster.unlearning.exact import final_thetas  # noqa: E402
 from ostracon.cluster.unlearning.state import open_state  # noqa: E402

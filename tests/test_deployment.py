@@ -259,3 +259,35 @@ def test_warm_approximate_modes_publish_then_settle(state, config):
     # b's exact replay of its group cleared that group's debt; a's group may still carry it
     report = verify_state_dir(state, allow_approximate=True)
     assert report["ok"], report["failures"]
+
+
+APPROXIMATE_CRASH_SCRIPT = textwrap.dedent("""
+    import sys
+    from ostracon.cluster import Deployment
+    state, mode, sample = sys.argv[1:4]
+    overrides = {"unlearning.method": "ft", "unlearning.gate.max_test_drop": 1.0,
+                 "unlearning.gate.max_retain_drop": 1.0, "unlearning.gate.max_forget_gap": 1.0}
+    dep = Deployment(state, overrides=overrides)
+    dep.start()
+    print(dep.delete([sample], mode=mode).id, flush=True)
+    dep._thread.join()  # OSTRACON_FAULT kills the process
+""")
+
+
+@pytest.mark.parametrize("mode, point, first_phase", [
+    ("approximate", "approximate.updated", "interrupted"),  # before anything approximate was published
+    ("approximate_then_exact", "approximate.published", "published"),  # after: the exact phase is what remains
+])
+def test_kill_9_of_a_serving_process_during_an_approximate_operation(state, config, mode, point, first_phase):
+    ids = trainer_ids(config, 1, seed=61)
+    proc = subprocess.run([sys.executable, "-c", APPROXIMATE_CRASH_SCRIPT, str(state), mode, ids[0]],
+                          env=dict(os.environ, OSTRACON_FAULT=point), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr
+    [op_id] = proc.stdout.split()
+    with Deployment(state, overrides={**NO_GATE, "unlearning.method": "ft"}) as dep:
+        final = wait_done(dep, op_id)[-1][1]
+        assert final.state == "SUCCEEDED", final.message
+        cert = dep.certificate(op_id)
+    assert cert["mode"] == "exact" and cert["requested_mode"] == mode
+    assert first_phase in cert["phases"][0]["outcome"], cert["phases"][0]
+    assert_consistent(state, config, ids, retrain_digests(config, ids))

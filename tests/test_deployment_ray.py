@@ -3,6 +3,7 @@ actor killed during the replay is restarted, its group's stage redone, and the r
 
 from __future__ import annotations
 
+import re
 
 import pytest
 
@@ -79,7 +80,9 @@ def test_a_worker_killed_during_an_approximate_update_falls_back_to_exact(state,
         assert final.state == "SUCCEEDED" and "rolled back" in final.message, final.message
         cert = dep.certificate(op.id)
         assert cert["mode"] == "exact" and cert["requested_mode"] == "approximate"
-        assert "died" in cert["phases"][0]["error"] or "failed" in cert["phases"][0]["error"], cert["phases"][0]
+        # the round that lost the actor, or the next call on the restarted one (which holds no unlearning job)
+        assert re.search(r"died|ActorDied|ActorUnavailable|not unlearning|restarted", cert["phases"][0]["error"]), \
+            cert["phases"][0]
         assert pids(dep)[1] != killed["pid"]
         op = dep.delete(trainer_ids(config, 1, seed=92, groups=(1,)), mode="approximate")  # the next one still works
         final = list(dep.watch(op.id))[-1][1]

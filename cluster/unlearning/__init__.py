@@ -3,8 +3,9 @@
 - :mod:`.requests`: what a request may contain (checked before anything changes)
 - :mod:`.state`: a state directory opened under its lock, and the audits of its derived files
 - :mod:`.exact`: exact deletion (SISA replay) as recoverable steps, and recovery
-- :mod:`.approximate`: approximate deletion (a method run on the affected groups), its gate, the
-  exact fallback and unlearning debt; :mod:`.evaluation`: UA/RA/TA/MIA, gaps and KL to exact
+- :mod:`.approximate`: approximate deletion (a method run on the affected groups), the exact fallback
+  and unlearning debt; :mod:`.gate`: the check every approximate update must pass; :mod:`.evaluation`:
+  UA/RA/TA/MIA, gaps and KL to exact
 - :mod:`.certificates`: certificates, written exclusively from the ledger
 - :mod:`.verify`: the audit of the whole chain, ending with a retrain from scratch
 

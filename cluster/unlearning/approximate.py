@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -43,13 +42,13 @@ from ..backends import Backend
 from ..checkpoints import CheckpointError, file_sha256, write_atomic
 from ..ledger import APPROXIMATED, TOMBSTONED, Request
 from ..protocols import Session, elapsed
-from ..training import as_tensor, served_worker
+from ..training import as_tensor, served_worker, write_state_json
 from . import certificates
-from .evaluation import unlearning_metrics
+from .gate import gate, group_data, group_metrics, summarize
 from .exact import LiveWorkers, evaluate_version, final_thetas, finish_published, published_states, run_request, \
     start_workers
 from .requests import validate_request
-from .state import TrainedState, sync_stores
+from .state import TrainedState, forget_by_group, sync_stores
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +67,6 @@ class UpdateResult:
     states: dict[int, dict] = field(default_factory=dict)  # every stateful worker of the groups, after
     gradient_evaluations: int = 0
     failures: list[dict] = field(default_factory=list)
-
-
-def forget_by_group(st: TrainedState, ids: list[str]) -> dict[int, list[str]]:
-    """The request's ids that some model trained on, by group (ids held by attackers need no update)."""
-    out: dict[int, list[str]] = {}
-    for i in ids:
-        g, j, _ = st.plan.placement[i]
-        if st.plan.specs[j].trains:
-            out.setdefault(g, []).append(i)
-    return out
 
 
 def update_groups(st: TrainedState, by_group: dict[int, list[str]], method: str, params, live: LiveWorkers,
@@ -134,11 +123,10 @@ def update_groups(st: TrainedState, by_group: dict[int, list[str]], method: str,
         if backend.call(members, "incarnation") != known:
             raise ApproximateFailed("a worker restarted during the approximate update")
         states = session.states(groups)
-    except ApproximateFailed:
-        _end_quietly(backend, everyone)
-        raise
     except Exception as exc:  # noqa: BLE001 - a dead actor, a diverged update: the request goes exact
         _end_quietly(backend, everyone)
+        if isinstance(exc, ApproximateFailed):
+            raise
         raise ApproximateFailed(f"the approximate update failed: {type(exc).__name__}: {exc}") from exc
     return UpdateResult(groups, states, int(sum(rows.values())), session.take_failures())
 
@@ -171,78 +159,10 @@ def _weighted_mean(vectors, weights) -> np.ndarray:
     return out.astype(np.float32)
 
 
-# ----- evaluation and the gate -------------------------------------------------------------------------
-def rows_of(st: TrainedState, ids) -> tuple[np.ndarray, np.ndarray]:
-    """``(features, labels)`` of ``ids`` from the source data (the driver's copy; used only to evaluate)."""
-    index = {sid: k for k, sid in enumerate(st.source.ids.tolist())}
-    rows = np.asarray([index[i] for i in ids], dtype=np.int64)
-    return st.source.features[rows], st.source.labels[rows]
-
-
-def retained_rows(st: TrainedState, group: int, exclude) -> tuple[np.ndarray, np.ndarray]:
-    """The group's training rows minus ``exclude`` (the retained data the group trains on)."""
-    exclude = np.asarray(sorted(exclude), dtype=str)
-    parts = [(d.features[~np.isin(d.ids, exclude)], d.labels[~np.isin(d.ids, exclude)])
-             for j, d in sorted(st.plan.data.items()) if st.plan.specs[j].group == group]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def group_metrics(st: TrainedState, group: int, thetas: dict[int, np.ndarray], forget_ids) -> dict[int, dict]:
-    """UA/RA/TA/MIA of every honest model of ``group`` (``thetas``: worker -> parameters)."""
-    forget = rows_of(st, forget_ids)
-    retain = retained_rows(st, group, forget_ids)
-    test = (st.plan.test_features, st.plan.test_labels)
-    return {j: unlearning_metrics(st.plan.specs[j], thetas[j], forget, retain, test, seed=st.config.seed)
-            for j in st.plan.honest(group)}
-
-
-def gate(before: dict[int, dict], after: dict[int, dict], thresholds, forget_size: int) -> dict:
-    """Check every honest model against ``unlearning.gate``; returns ``{"passed", "failed": [reasons],
-    "thresholds", "worst": {...}}``.
-
-    The forget check allows ``max_forget_gap`` plus two binomial standard deviations,
-    ``2 * sqrt(TA (1 - TA) / n)`` for ``n`` forget rows: a model retrained without a random sample still
-    classifies it right with probability ~TA, so one or two correctly classified samples prove nothing."""
-    failed = []
-    worst = {"test_drop": 0.0, "retain_drop": 0.0, "forget_gap": -1.0}
-    for j in sorted(after):
-        a, b = after[j], before[j]
-        if not a["finite"]:
-            failed.append(f"worker {j}: the updated model is not finite")
-            continue
-        test_drop, retain_drop = b["TA"] - a["TA"], b["RA"] - a["RA"]
-        forget_gap = (1.0 - a["UA"]) - a["TA"] if not np.isnan(a["UA"]) else -1.0
-        worst = {"test_drop": max(worst["test_drop"], test_drop), "retain_drop": max(worst["retain_drop"], retain_drop),
-                 "forget_gap": max(worst["forget_gap"], forget_gap)}
-        if test_drop > thresholds.max_test_drop:
-            failed.append(f"worker {j}: test accuracy dropped {test_drop:.3f} > max_test_drop {thresholds.max_test_drop}")
-        if retain_drop > thresholds.max_retain_drop:
-            failed.append(f"worker {j}: retained-data accuracy dropped {retain_drop:.3f} > max_retain_drop "
-                          f"{thresholds.max_retain_drop}")
-        allowed = thresholds.max_forget_gap + 2.0 * math.sqrt(max(a["TA"] * (1.0 - a["TA"]), 0.0) / max(1, forget_size))
-        if forget_gap > allowed:
-            failed.append(f"worker {j}: forget-set accuracy exceeds test accuracy by {forget_gap:.3f} > "
-                          f"{allowed:.3f} (max_forget_gap {thresholds.max_forget_gap} + 2 binomial s.d. for "
-                          f"{forget_size} row(s))")
-    return {"passed": not failed, "failed": failed, "thresholds": dataclasses.asdict(thresholds),
-            "worst": {k: round(v, 6) for k, v in worst.items()}}
-
-
-def summarize(metrics: dict[int, dict]) -> dict:
-    """Mean and worst (over honest models) of each metric, rounded for a certificate."""
-    keys = ("UA", "RA", "TA", "MIA")
-    out = {}
-    for k in keys:
-        values = [m[k] for m in metrics.values() if not np.isnan(m[k])]
-        out[k] = {"mean": round(float(np.mean(values)), 6), "min": round(float(np.min(values)), 6),
-                  "max": round(float(np.max(values)), 6)} if values else None
-    return out
-
-
 # ----- the modes ---------------------------------------------------------------------------------------
 def delete_approximate(st: TrainedState, ids: list[str], *, method: str | None = None, then_exact: bool = False,
                        backend: Backend | None = None, live: LiveWorkers | None = None, on_round=None,
-                       on_stage=None, began: float | None = None, journal_also=None) -> dict:
+                       on_stage=None, began: float | None = None) -> dict:
     """Validate, journal and carry out an approximate deletion (``then_exact``: approximate_then_exact)."""
     began = time.perf_counter() if began is None else began
     mode = "approximate_then_exact" if then_exact else "approximate"
@@ -253,7 +173,7 @@ def delete_approximate(st: TrainedState, ids: list[str], *, method: str | None =
         version, _ = st.ledger.latest_version()
         return {"kind": certificates.KIND, "mode": mode, "method": method, "status": "noop", "requested": list(ids),
                 "already_deleted": already, "model_version": version}
-    request = st.ledger.journal(list(ids), {i: st.plan.placement[i] for i in fresh}, mode, also=journal_also)
+    request = st.ledger.journal(list(ids), {i: st.plan.placement[i] for i in fresh}, mode)
     faults.point("deletion.journaled")
     return carry_out(st, request, method, params, backend=backend, live=live, on_round=on_round, on_stage=on_stage,
                      began=began)
@@ -277,8 +197,9 @@ def carry_out(st: TrainedState, request: Request, method: str, params, *, backen
             after_thetas = {j: result.states[j]["theta"] for j in result.states}
             checks, metrics_before, metrics_after = {}, {}, {}
             for g, ids in sorted(by_group.items()):
-                metrics_before[g] = group_metrics(st, g, before_thetas, ids)
-                metrics_after[g] = group_metrics(st, g, after_thetas, ids)
+                data = group_data(st, g, ids)
+                metrics_before[g] = group_metrics(st, g, before_thetas, data)
+                metrics_after[g] = group_metrics(st, g, after_thetas, data)
                 checks[g] = gate(metrics_before[g], metrics_after[g], st.config.unlearning.gate, len(ids))
             phase["groups"] = {str(g): {"metrics_before": summarize(metrics_before[g]),
                                         "metrics_after": summarize(metrics_after[g]), "gate": checks[g]}
@@ -351,8 +272,6 @@ def _publish(st: TrainedState, request: Request, phase: dict, result: UpdateResu
         new_record["phase"] = phase
         ledger.publish(request.id, new_version, new_record, None, step=APPROXIMATED)
         faults.point("approximate.published")
-        from ..training import write_state_json
-
         write_state_json(st.state_dir, ledger)  # readers see the approximate version at once
         if on_published is not None:
             on_published(new_version)

@@ -40,7 +40,8 @@ from ..ledger import APPROXIMATED, DONE, JOURNALED, PUBLISHED, TOMBSTONED, Reque
 from ..protocols import Session, elapsed
 from ..training import _stats, _write_json, as_tensor, served_worker, write_accuracy_plot, write_state_json, plot_title
 from . import certificates
-from .state import TrainedState, approximate_problems, checkpoint_problems, sync_stores
+from .gate import group_data, group_metrics, summarize
+from .state import TrainedState, approximate_problems, checkpoint_problems, forget_by_group, sync_stores
 
 log = logging.getLogger(__name__)
 
@@ -261,14 +262,12 @@ def run_request(st: TrainedState, request: Request, backend: Backend | None = No
 def _phases(st: TrainedState, request: Request, phases: list[dict] | None, cert: dict, thetas) -> list[dict]:
     """The phases of an approximate-mode request that ends exactly: the approximate one (from the caller,
     from the version it published, or a note that it was interrupted), then this exact one."""
-    from .approximate import forget_by_group, group_metrics, summarize
-
     if phases is None:
         published = st.ledger.version_of(request.id) if request.step == APPROXIMATED else None
         phases = [published[1]["phase"]] if published else [{"mode": "approximate", "outcome": INTERRUPTED}]
     exact = {"mode": "exact", "model_version_after": cert["model_version_after"],
              "gradient_evaluations": cert["gradient_evaluations"], "evaluation": cert["evaluation"],
-             "groups": {str(g): {"metrics": summarize(group_metrics(st, g, thetas, ids))}
+             "groups": {str(g): {"metrics": summarize(group_metrics(st, g, thetas, group_data(st, g, ids)))}
                         for g, ids in sorted(forget_by_group(st, request.ids).items())}}
     return list(phases) + [exact]
 

@@ -102,6 +102,16 @@ def open_state(state_dir: str | os.PathLike, overrides: Mapping | None = None, *
     return state
 
 
+def forget_by_group(st: TrainedState, ids: list[str]) -> dict[int, list[str]]:
+    """The request's ids that some model trained on, by group (ids held by attackers need no update)."""
+    out: dict[int, list[str]] = {}
+    for i in ids:
+        g, j, _ = st.plan.placement[i]
+        if st.plan.specs[j].trains:
+            out.setdefault(g, []).append(i)
+    return out
+
+
 # ----- shard stores -----------------------------------------------------------------------------------
 def store_problems(st: TrainedState, pending: set[str] = frozenset()) -> dict[int, str]:
     """Each worker store that disagrees with the ledger, and how. Reads only (never repairs).
