@@ -14,7 +14,8 @@ Names are looked up in :data:`RULES`, :data:`PRE_AGGREGATIONS` and
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -45,10 +46,10 @@ from .rules import (
     nearest_neighbor_average,
 )
 
-PreStep = str | tuple[str, Mapping]
+PreStep = str | tuple[str, Mapping[str, Any]]
 
 
-def _pre_step(step) -> tuple[str, dict]:
+def _pre_step(step: object) -> tuple[str, dict[str, Any]]:
     """``"nnm"`` or ``("bucketing", {"bucket_size": 2})`` -> ``(name, params)``."""
     if isinstance(step, str):
         return step, {}
@@ -64,7 +65,7 @@ def aggregate(
     f: int = 0,
     pivot: torch.Tensor | None = None,
     pre: Iterable[PreStep] = (),
-    **params,
+    **params: Any,
 ) -> torch.Tensor:
     """Apply the pre-aggregations ``pre`` in order, then ``rule``; returns a ``(d,)`` tensor.
 

@@ -19,8 +19,10 @@ import it in any order.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -36,7 +38,7 @@ _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
 # --------------------------------------------------------------------------- checks
 
 
-def _reject_unknown(attack: str, params: dict) -> None:
+def _reject_unknown(attack: str, params: Mapping[str, object]) -> None:
     if params:
         names = ", ".join(sorted(params))
         raise ValueError(f"{attack}: unknown parameter(s): {names}")
@@ -52,7 +54,7 @@ def _check_common(attack: str, honest: torch.Tensor, f: int, num_byzantine: int)
     return honest
 
 
-def _check_real(attack: str, name: str, value, *, minimum: float | None = None) -> float:
+def _check_real(attack: str, name: str, value: object, *, minimum: float | None = None) -> float:
     """Require a finite real number (not a bool), optionally ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{attack}: {name} must be a real number, got {value!r}")
@@ -64,13 +66,13 @@ def _check_real(attack: str, name: str, value, *, minimum: float | None = None) 
     return value
 
 
-def _check_int(attack: str, name: str, value, *, minimum: int) -> int:
+def _check_int(attack: str, name: str, value: object, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{attack}: {name} must be an int >= {minimum}, got {value!r}")
     return value
 
 
-def _check_defense(attack: str, defense) -> Defense:
+def _check_defense(attack: str, defense: Defense | None) -> Defense:
     if defense is None:
         raise ValueError(f"{attack}: a defense callable (vectors (n, d) -> (d,)) is required")
     if not callable(defense):
@@ -123,7 +125,15 @@ def alie_z_max(n: int, f: int) -> float:
 
 @register_attack("sign_flip")
 @torch.no_grad()
-def sign_flip(honest, *, f=0, num_byzantine=1, defense=None, generator=None, **params):
+def sign_flip(
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    **params: Any,
+) -> torch.Tensor:
     """``-mean(honest)``.
 
     Source: Allen-Zhu, Ebrahimian, Li, Alistarh, "Byzantine-Resilient Non-Convex
@@ -134,7 +144,9 @@ def sign_flip(honest, *, f=0, num_byzantine=1, defense=None, generator=None, **p
     return (-_mean(honest)).to(honest.dtype)
 
 
-def _alie_vector(honest: torch.Tensor, tau: float, mu=None, sd=None) -> torch.Tensor:
+def _alie_vector(
+    honest: torch.Tensor, tau: float, mu: torch.Tensor | None = None, sd: torch.Tensor | None = None
+) -> torch.Tensor:
     # mu/sd may be passed in precomputed: a line search evaluates many factors on the same rows.
     mu = _mean(honest) if mu is None else mu
     sd = _std(honest) if sd is None else sd
@@ -143,7 +155,16 @@ def _alie_vector(honest: torch.Tensor, tau: float, mu=None, sd=None) -> torch.Te
 
 @register_attack("alie")
 @torch.no_grad()
-def alie(honest, *, f=0, num_byzantine=1, defense=None, generator=None, tau=None, **params):
+def alie(
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    tau: float | None = None,
+    **params: Any,
+) -> torch.Tensor:
     """A Little Is Enough: ``mean(honest) - tau * std(honest)``, coordinate-wise.
 
     ``std`` is the population standard deviation (divides by ``h``).
@@ -158,13 +179,22 @@ def alie(honest, *, f=0, num_byzantine=1, defense=None, generator=None, tau=None
     return _alie_vector(honest, tau)
 
 
-def _foe_vector(honest: torch.Tensor, eps: float, mu=None) -> torch.Tensor:
+def _foe_vector(honest: torch.Tensor, eps: float, mu: torch.Tensor | None = None) -> torch.Tensor:
     return (-eps * (_mean(honest) if mu is None else mu)).to(honest.dtype)
 
 
 @register_attack("foe")
 @torch.no_grad()
-def foe(honest, *, f=0, num_byzantine=1, defense=None, generator=None, eps=0.1, **params):
+def foe(
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    eps: float = 0.1,
+    **params: Any,
+) -> torch.Tensor:
     """Fall of Empires / inner-product manipulation: ``-eps * mean(honest)``, ``eps >= 0``.
 
     This is the vector each Byzantine worker sends (ByzFL's "IPM" convention),
@@ -181,7 +211,16 @@ def foe(honest, *, f=0, num_byzantine=1, defense=None, generator=None, eps=0.1, 
 
 @register_attack("mimic")
 @torch.no_grad()
-def mimic(honest, *, f=0, num_byzantine=1, defense=None, generator=None, target=0, **params):
+def mimic(
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    target: int = 0,
+    **params: Any,
+) -> torch.Tensor:
     """A copy of honest vector ``honest[target]`` (``0 <= target < h``).
 
     Source: Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous
@@ -214,12 +253,13 @@ def mimic_direction(honest: torch.Tensor, direction: torch.Tensor, rounds_seen: 
     centred = honest.to(dt) - _mean(honest)
     z = direction.to(device=honest.device, dtype=dt)
     u = centred.T @ (centred @ z)
-    norm = torch.linalg.vector_norm(u)
+    norm: torch.Tensor = torch.linalg.vector_norm(u)  # torch.linalg is untyped (Any)
     if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
         return z.clone()
     u = u / norm
     z = u if rounds_seen <= 0 else (rounds_seen * z + u) / (rounds_seen + 1)
-    return z / torch.linalg.vector_norm(z)
+    length: torch.Tensor = torch.linalg.vector_norm(z)
+    return z / length
 
 
 def mimic_target(honest: torch.Tensor, direction: torch.Tensor) -> int:
@@ -231,8 +271,18 @@ def mimic_target(honest: torch.Tensor, direction: torch.Tensor) -> int:
 
 @register_attack("mimic_variant")
 @torch.no_grad()
-def mimic_variant(honest, *, f=0, num_byzantine=1, defense=None, generator=None, direction=None,
-                  target=None, warmup=20, **params):
+def mimic_variant(
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    direction: torch.Tensor | None = None,
+    target: int | None = None,
+    warmup: int = 20,
+    **params: Any,
+) -> torch.Tensor:
     """Mimic as in the bucketing paper: copy the honest worker farthest along the top direction.
 
     Returns ``honest[target]`` when ``target`` is given (after the warm-up the
@@ -260,7 +310,17 @@ def mimic_variant(honest, *, f=0, num_byzantine=1, defense=None, generator=None,
 
 @register_attack("gaussian")
 @torch.no_grad()
-def gaussian(honest, *, f=0, num_byzantine=1, defense=None, generator=None, mu=0.0, sigma=200.0, **params):
+def gaussian(
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    mu: float = 0.0,
+    sigma: float = 200.0,
+    **params: Any,
+) -> torch.Tensor:
     """A draw of ``N(mu, sigma^2 I_d)``; ignores the honest values (uses only ``d``).
 
     Deterministic given ``generator``; the draw happens on the generator's
@@ -282,7 +342,15 @@ def gaussian(honest, *, f=0, num_byzantine=1, defense=None, generator=None, mu=0
 
 @register_attack("inf")
 @torch.no_grad()
-def inf(honest, *, f=0, num_byzantine=1, defense=None, generator=None, **params):
+def inf(
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    **params: Any,
+) -> torch.Tensor:
     """A vector of ``+inf`` (tests that rules survive non-finite input)."""
     _reject_unknown("inf", params)
     _check_common("inf", honest, f, num_byzantine)
@@ -291,7 +359,15 @@ def inf(honest, *, f=0, num_byzantine=1, defense=None, generator=None, **params)
 
 @register_attack("nan")
 @torch.no_grad()
-def nan(honest, *, f=0, num_byzantine=1, defense=None, generator=None, **params):
+def nan(
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    **params: Any,
+) -> torch.Tensor:
     """A vector of ``NaN`` (tests that rules survive non-finite input)."""
     _reject_unknown("nan", params)
     _check_common("nan", honest, f, num_byzantine)
@@ -326,7 +402,7 @@ _GRIDS = {
 _REFINE = 12
 
 
-def _grid(attack: str, low, high, steps, spacing: str) -> list[float]:
+def _grid(attack: str, low: float, high: float, steps: int, spacing: str) -> list[float]:
     minimum = 0.0 if attack == "foe" else None
     low = _check_real(attack, "low", low, minimum=minimum)
     high = _check_real(attack, "high", high, minimum=minimum)
@@ -386,7 +462,7 @@ def _line_search(
     return best_x, best_y
 
 
-def _signed(name: str, candidates: list[float], sign) -> list[float]:
+def _signed(name: str, candidates: list[float], sign: int) -> list[float]:
     """ALIE's candidates for search direction ``sign``: as given (-1) or negated (+1); 0 is two searches."""
     if isinstance(sign, bool) or sign not in (-1, 0, 1):
         raise ValueError(f"{name}: sign must be -1, 0 or +1, got {sign!r}")
@@ -401,9 +477,9 @@ def best_factor(
     num_byzantine: int = 1,
     defense: Defense | None = None,
     factors: Iterable[float] | None = None,
-    low=None,
-    high=None,
-    steps=None,
+    low: float | None = None,
+    high: float | None = None,
+    steps: int | None = None,
     refine: int = _REFINE,
     sign: int = -1,
 ) -> tuple[float, float]:
@@ -452,14 +528,12 @@ def best_factor(
             spacing,
         )
     if attack == "alie":
-        try:
+        with contextlib.suppress(ValueError):  # z_max infinite: no finite default to compare against
             candidates.append(alie_z_max(honest.shape[0] + num_byzantine, f))
-        except ValueError:
-            pass  # z_max infinite: no finite default to compare against
         candidates = _signed(name, candidates, sign)
         mu, sd = _mean(honest), _std(honest)  # once per search, not once per candidate
 
-        def make(h, x):
+        def make(h: torch.Tensor, x: float) -> torch.Tensor:
             return _alie_vector(h, x, mu, sd)
     else:
         if sign != -1:
@@ -467,7 +541,7 @@ def best_factor(
         candidates.append(0.1)
         mu = _mean(honest)
 
-        def make(h, x):
+        def make(h: torch.Tensor, x: float) -> torch.Tensor:
             return _foe_vector(h, x, mu)
     with torch.no_grad():
         return _line_search(
@@ -478,9 +552,20 @@ def best_factor(
 @register_attack("alie_optimized")
 @torch.no_grad()
 def alie_optimized(
-    honest, *, f=0, num_byzantine=1, defense=None, generator=None,
-    factors=None, low=None, high=None, steps=None, refine=_REFINE, sign=-1, **params,
-):
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    factors: Iterable[float] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    steps: int | None = None,
+    refine: int = _REFINE,
+    sign: int = -1,
+    **params: Any,
+) -> torch.Tensor:
     """ALIE with the tau that maximises ``||defense(honest + byzantine) - mean(honest)||_2``.
 
     Search as in :func:`best_factor` (at most ~34 defense calls by default, ~68
@@ -501,9 +586,19 @@ def alie_optimized(
 @register_attack("foe_optimized")
 @torch.no_grad()
 def foe_optimized(
-    honest, *, f=0, num_byzantine=1, defense=None, generator=None,
-    factors=None, low=None, high=None, steps=None, refine=_REFINE, **params,
-):
+    honest: torch.Tensor,
+    *,
+    f: int = 0,
+    num_byzantine: int = 1,
+    defense: Defense | None = None,
+    generator: torch.Generator | None = None,
+    factors: Iterable[float] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    steps: int | None = None,
+    refine: int = _REFINE,
+    **params: Any,
+) -> torch.Tensor:
     """FOE with the eps >= 0 that maximises ``||defense(honest + byzantine) - mean(honest)||_2``.
 
     Search as in :func:`best_factor` (at most ~30 defense calls by default);

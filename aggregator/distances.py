@@ -18,7 +18,7 @@ zero weight on it never meets a NaN (rows with zero weight are never read).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -229,7 +229,7 @@ def row_norms(vectors: torch.Tensor) -> torch.Tensor:
     n, d = vectors.shape
     sdt = small_dtype(vectors.device)
     if _fast(vectors):
-        norms = torch.linalg.vector_norm(vectors, dim=1).to(sdt)
+        norms: torch.Tensor = torch.linalg.vector_norm(vectors, dim=1).to(sdt)
     else:
         sq = torch.zeros(n, dtype=sdt, device=vectors.device)
         for start, stop in column_chunks(n, d):

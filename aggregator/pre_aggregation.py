@@ -15,6 +15,9 @@ under ``torch.no_grad()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from . import distances
@@ -22,11 +25,11 @@ from .registry import register_pre_aggregation
 from .rules import check_int, check_real, reject_unknown
 from .validation import check_f, check_vectors
 
+# largest f each requirement allows
+_MAX_F: dict[str, Callable[[int], int]] = {"n > f": lambda n: n - 1, "f <= n": lambda n: n}
 
-_MAX_F = {"n > f": lambda n: n - 1, "f <= n": lambda n: n}  # largest f each requirement allows
 
-
-def _start(name: str, vectors, f, requirement: str) -> tuple[int, int]:
+def _start(name: str, vectors: torch.Tensor, f: int, requirement: str) -> tuple[int, int]:
     check_vectors(vectors)
     n, d = vectors.shape
     check_f(f, n, max_f=_MAX_F[requirement](n), rule=name, requirement=requirement)
@@ -35,7 +38,7 @@ def _start(name: str, vectors, f, requirement: str) -> tuple[int, int]:
 
 @register_pre_aggregation("nnm")
 @torch.no_grad()
-def nearest_neighbor_mixing(vectors: torch.Tensor, *, f: int = 0, **params) -> torch.Tensor:
+def nearest_neighbor_mixing(vectors: torch.Tensor, *, f: int = 0, **params: Any) -> torch.Tensor:
     """Nearest-neighbour mixing (Allouah et al., "Fixing by Mixing", AISTATS 2023).
 
     ``y_i = mean of the n - f rows nearest (L2) to x_i``, ``x_i`` itself
@@ -68,7 +71,7 @@ def bucketing(
     f: int = 0,
     bucket_size: int = 2,
     generator: torch.Generator | None = None,
-    **params,
+    **params: Any,
 ) -> torch.Tensor:
     """Bucketing (Karimireddy et al., "Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing", ICLR 2022).
 
@@ -113,7 +116,7 @@ def _clip(vectors: torch.Tensor, norms: torch.Tensor, threshold: float) -> torch
 
 @register_pre_aggregation("clipping")
 @torch.no_grad()
-def static_clipping(vectors: torch.Tensor, *, f: int = 0, c: float = 2.0, **params) -> torch.Tensor:
+def static_clipping(vectors: torch.Tensor, *, f: int = 0, c: float = 2.0, **params: Any) -> torch.Tensor:
     """Static clipping: ``y_i = x_i min(1, c / |x_i|)``, every row clipped to L2 norm ``c``.
 
     ``c = 2.0`` by default, as in ByzFL. Non-finite rows pass through. ``f`` is
@@ -127,7 +130,7 @@ def static_clipping(vectors: torch.Tensor, *, f: int = 0, c: float = 2.0, **para
 
 @register_pre_aggregation("arc")
 @torch.no_grad()
-def adaptive_robust_clipping(vectors: torch.Tensor, *, f: int = 0, **params) -> torch.Tensor:
+def adaptive_robust_clipping(vectors: torch.Tensor, *, f: int = 0, **params: Any) -> torch.Tensor:
     """Adaptive robust clipping, ARC (Allouah et al., "Boosting Robustness by Clipping Gradients in
     Distributed Learning", 2024).
 

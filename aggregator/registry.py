@@ -7,15 +7,23 @@ one name is a programming error.
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from collections.abc import Callable
+from typing import TypeVar
 
-RULES: Dict[str, Callable] = {}
-PRE_AGGREGATIONS: Dict[str, Callable] = {}
-ATTACKS: Dict[str, Callable] = {}
+import torch
+
+# Each kind has its own keyword arguments (``f``, ``pivot``, ``num_byzantine``, parameters...): the
+# registries only promise a tensor back.
+Function = Callable[..., torch.Tensor]
+FunctionT = TypeVar("FunctionT", bound=Function)
+
+RULES: dict[str, Function] = {}
+PRE_AGGREGATIONS: dict[str, Function] = {}
+ATTACKS: dict[str, Function] = {}
 
 
-def _register(table: Dict[str, Callable], kind: str, name: str):
-    def decorator(fn: Callable) -> Callable:
+def _register(table: dict[str, Function], kind: str, name: str) -> Callable[[FunctionT], FunctionT]:
+    def decorator(fn: FunctionT) -> FunctionT:
         key = name.lower()
         if key in table:
             raise ValueError(f"{kind} {key!r} is already registered")
@@ -25,7 +33,7 @@ def _register(table: Dict[str, Callable], kind: str, name: str):
     return decorator
 
 
-def _lookup(table: Dict[str, Callable], kind: str, name: str) -> Callable:
+def _lookup(table: dict[str, Function], kind: str, name: str) -> Function:
     try:
         return table[name.lower()]
     except (KeyError, AttributeError):
@@ -33,28 +41,28 @@ def _lookup(table: Dict[str, Callable], kind: str, name: str) -> Callable:
         raise ValueError(f"unknown {kind} {name!r}; known: {known}") from None
 
 
-def register_rule(name: str):
+def register_rule(name: str) -> Callable[[FunctionT], FunctionT]:
     """Register ``fn(vectors, *, f=0, pivot=None, **params) -> (d,)`` as a rule."""
     return _register(RULES, "rule", name)
 
 
-def register_pre_aggregation(name: str):
+def register_pre_aggregation(name: str) -> Callable[[FunctionT], FunctionT]:
     """Register ``fn(vectors, *, f=0, **params) -> (m, d)`` as a pre-aggregation."""
     return _register(PRE_AGGREGATIONS, "pre-aggregation", name)
 
 
-def register_attack(name: str):
+def register_attack(name: str) -> Callable[[FunctionT], FunctionT]:
     """Register ``fn(honest, *, f=0, num_byzantine=1, defense=None, generator=None, **params) -> (d,)``."""
     return _register(ATTACKS, "attack", name)
 
 
-def get_rule(name: str) -> Callable:
+def get_rule(name: str) -> Function:
     return _lookup(RULES, "rule", name)
 
 
-def get_pre_aggregation(name: str) -> Callable:
+def get_pre_aggregation(name: str) -> Function:
     return _lookup(PRE_AGGREGATIONS, "pre-aggregation", name)
 
 
-def get_attack(name: str) -> Callable:
+def get_attack(name: str) -> Function:
     return _lookup(ATTACKS, "attack", name)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -34,14 +35,14 @@ from .validation import check_f, check_pivot, check_vectors
 # --------------------------------------------------------------------------- checks
 
 
-def reject_unknown(name: str, params: dict) -> None:
+def reject_unknown(name: str, params: Mapping[str, object]) -> None:
     """Refuse parameters the rule does not define (a typo must not be ignored)."""
     if params:
         unknown = ", ".join(repr(k) for k in sorted(params))
         raise ValueError(f"{name}: unknown parameter(s) {unknown}")
 
 
-def check_int(name: str, param: str, value, *, minimum: int, maximum: int | None = None) -> int:
+def check_int(name: str, param: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}: {param} must be an int, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
@@ -50,7 +51,7 @@ def check_int(name: str, param: str, value, *, minimum: int, maximum: int | None
     return value
 
 
-def check_real(name: str, param: str, value, *, minimum: float = 0.0, strict: bool = False) -> float:
+def check_real(name: str, param: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:
     """Require a finite real ``> minimum`` (strict) or ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name}: {param} must be a finite real number, got {value!r}")
@@ -60,7 +61,11 @@ def check_real(name: str, param: str, value, *, minimum: float = 0.0, strict: bo
 
 
 # largest f each requirement allows, as a function of n
-_MAX_F = {"n > f": lambda n: n - 1, "n > 2f": lambda n: (n - 1) // 2, "n > 2f + 2": lambda n: (n - 3) // 2}
+_MAX_F: dict[str, Callable[[int], int]] = {
+    "n > f": lambda n: n - 1,
+    "n > 2f": lambda n: (n - 1) // 2,
+    "n > 2f + 2": lambda n: (n - 3) // 2,
+}
 
 
 _REQUIREMENTS = {"mean": "n > f", "krum": "n > 2f + 2", "multikrum": "n > 2f + 2"}  # every other rule: n > 2f
@@ -71,7 +76,9 @@ def max_f(rule: str, n: int) -> int:
     return max(0, _MAX_F[_REQUIREMENTS.get(rule.lower(), "n > 2f")](n))
 
 
-def _start(name: str, vectors, f, pivot, requirement: str) -> tuple[int, int]:
+def _start(
+    name: str, vectors: torch.Tensor, f: int, pivot: torch.Tensor | None, requirement: str
+) -> tuple[int, int]:
     """Shared checks: vectors, ``f`` against the rule's requirement, the pivot's shape if given."""
     check_vectors(vectors)
     n, d = vectors.shape
@@ -81,8 +88,8 @@ def _start(name: str, vectors, f, pivot, requirement: str) -> tuple[int, int]:
     return n, d
 
 
-def _pivot(name: str, pivot, vectors: torch.Tensor) -> torch.Tensor:
-    check_pivot(pivot, vectors, name)
+def _pivot(name: str, pivot: torch.Tensor | None, vectors: torch.Tensor) -> torch.Tensor:
+    pivot = check_pivot(pivot, vectors, name)
     if pivot.device != vectors.device:
         raise ValueError(f"{name}: pivot is on {pivot.device}, vectors on {vectors.device}")
     if not pivot.is_floating_point():
@@ -113,7 +120,7 @@ def _uniform(n: int, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
 NETWORK_COLUMNS = 32768
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _batcher(n: int) -> tuple[tuple[int, int], ...]:
     """Batcher's odd-even merge sort for ``n`` wires (padded to a power of 2 with +inf, pruned)."""
     size = 1 << max(0, (n - 1).bit_length())
@@ -131,7 +138,7 @@ def _batcher(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _network(n: int, groups: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """Batcher's network minus the trailing comparators that only reorder inside a group.
 
@@ -150,7 +157,7 @@ def _network(n: int, groups: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     return tuple(reversed(kept))
 
 
-def _sorted_columns(vectors: torch.Tensor, groups: tuple[int, ...]) -> Iterator[tuple[int, int, list]]:
+def _sorted_columns(vectors: torch.Tensor, groups: tuple[int, ...]) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
     """Yield ``(start, stop, rows)``: ``rows[j]`` holds the ``j``-th smallest value of each column.
 
     NaN is ordered as ``+inf``. Positions in one group come out in some order
@@ -176,7 +183,7 @@ def _sorted_columns(vectors: torch.Tensor, groups: tuple[int, ...]) -> Iterator[
         yield start, stop, rows
 
 
-def _sum_rows(rows: list, acc: torch.dtype) -> torch.Tensor:
+def _sum_rows(rows: list[torch.Tensor], acc: torch.dtype) -> torch.Tensor:
     """Sum of the given rows in dtype ``acc``, in list order (so the rounding is order-independent)."""
     total = rows[0].to(acc, copy=True)
     for r in rows[1:]:
@@ -184,7 +191,7 @@ def _sum_rows(rows: list, acc: torch.dtype) -> torch.Tensor:
     return total
 
 
-def _median_of_sorted(rows: list, n: int, acc: torch.dtype) -> torch.Tensor:
+def _median_of_sorted(rows: list[torch.Tensor], n: int, acc: torch.dtype) -> torch.Tensor:
     mid = n // 2
     if n % 2:
         return rows[mid].to(acc)
@@ -203,7 +210,7 @@ def _median_groups(n: int) -> tuple[int, ...]:
 
 @register_rule("mean")
 @torch.no_grad()
-def average(vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params) -> torch.Tensor:
+def average(vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params: Any) -> torch.Tensor:
     """Arithmetic mean ``(1/n) sum_i x_i``. Not robust: one bad row moves it arbitrarily.
 
     ``f`` is checked (``n > f``) and otherwise ignored. NaN/inf propagate.
@@ -218,7 +225,7 @@ def average(vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = N
 @register_rule("cwmed")
 @torch.no_grad()
 def coordinate_wise_median(
-    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params
+    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params: Any
 ) -> torch.Tensor:
     """Coordinate-wise median (Yin et al., "Byzantine-Robust Distributed Learning", ICML 2018).
 
@@ -239,7 +246,7 @@ def coordinate_wise_median(
 @register_rule("cwtm")
 @torch.no_grad()
 def coordinate_wise_trimmed_mean(
-    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params
+    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params: Any
 ) -> torch.Tensor:
     """Coordinate-wise trimmed mean (Yin et al., ICML 2018).
 
@@ -265,7 +272,7 @@ def coordinate_wise_trimmed_mean(
 @register_rule("meamed")
 @torch.no_grad()
 def mean_around_median(
-    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params
+    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params: Any
 ) -> torch.Tensor:
     """Mean around median (Xie et al., "Generalized Byzantine-tolerant SGD", 2018).
 
@@ -318,7 +325,7 @@ _KRUM_REQUIREMENT = "n > 2f + 2"  # Blanchard et al. 2017, Prop. 1
 
 @register_rule("krum")
 @torch.no_grad()
-def krum(vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params) -> torch.Tensor:
+def krum(vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params: Any) -> torch.Tensor:
     """Krum (Blanchard et al., "Machine Learning with Adversaries", NeurIPS 2017).
 
     ``score_i = sum_{j in N_i} |x_i - x_j|^2`` over the ``n - f - 2`` rows
@@ -335,7 +342,7 @@ def krum(vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None
 @register_rule("multikrum")
 @torch.no_grad()
 def multi_krum(
-    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, m: int | None = None, **params
+    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, m: int | None = None, **params: Any
 ) -> torch.Tensor:
     """Multi-Krum (Blanchard et al., NeurIPS 2017; El Mhamdi et al., ICML 2018).
 
@@ -360,7 +367,7 @@ def geometric_median(
     nu: float = 0.1,
     iterations: int = 200,
     tol: float = 1e-6,
-    **params,
+    **params: Any,
 ) -> torch.Tensor:
     """Geometric median by smoothed Weiszfeld (Pillutla et al., "Robust Aggregation for Federated Learning",
     RFA, IEEE TSP 2022; arXiv 2019).
@@ -412,7 +419,7 @@ def centered_clipping(
     pivot: torch.Tensor | None = None,
     tau: float | None = None,
     iterations: int = 1,
-    **params,
+    **params: Any,
 ) -> torch.Tensor:
     """Centered clipping (Karimireddy et al., "Learning from History for Byzantine Robust Optimization", ICML 2021).
 
@@ -466,7 +473,7 @@ def minimum_diameter_averaging(
     f: int = 0,
     pivot: torch.Tensor | None = None,
     max_subsets: int = 100_000,
-    **params,
+    **params: Any,
 ) -> torch.Tensor:
     """Minimum-diameter averaging (El Mhamdi et al., "Genuinely Distributed Byzantine Machine Learning", PODC 2020).
 
@@ -530,7 +537,7 @@ def _subsets_removing(n: int, f: int, device: torch.device) -> torch.Tensor:
 @register_rule("nna")
 @torch.no_grad()
 def nearest_neighbor_average(
-    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params
+    vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params: Any
 ) -> torch.Tensor:
     """Nearest-neighbour averaging, the mixing step of MoNNA (Farhadkhani et al., ICML 2023).
 
@@ -556,7 +563,7 @@ def step_bounded_nearest_neighbor_average(
     pivot: torch.Tensor | None = None,
     anchor: torch.Tensor | None = None,
     c: float = 1.0,
-    **params,
+    **params: Any,
 ) -> torch.Tensor:
     """NNA whose pull on the pivot is bounded by the node's own local step.
 
@@ -590,7 +597,7 @@ def step_bounded_nearest_neighbor_average(
     reject_unknown("bounded_nna", params)
     c = check_real("bounded_nna", "c", c)
     _start("bounded_nna", vectors, f, None, "n > 2f")  # errors name this rule, not nna
-    _pivot("bounded_nna", pivot, vectors)
+    pivot = _pivot("bounded_nna", pivot, vectors)
     a = None
     if anchor is not None:
         try:

@@ -116,7 +116,7 @@ def load_byzfl():
         from importlib.metadata import version
 
         ver = version("byzfl")
-    except Exception:
+    except Exception:  # noqa: BLE001 - the version is only printed: any failure reads "?"
         ver = "?"
     return types.SimpleNamespace(aggs=aggs, pres=pres, version=ver)
 
@@ -291,10 +291,10 @@ def run(sizes, devices, repeats: int, with_byzfl: bool, with_memory: bool) -> st
                     if first > 2.0:  # slow: one call is enough
                         t_byz = first
                     elif copies:  # it overwrites its input: time it in place, and with the copy a caller needs
-                        t_inplace = time_call(lambda a: obj(a), device, min(repeats, 2), warmup=False, make_arg=x.clone)
-                        t_byz = time_call(lambda: obj(x.clone()), device, min(repeats, 2), warmup=False)
+                        t_inplace = time_call(obj, device, min(repeats, 2), warmup=False, make_arg=x.clone)
+                        t_byz = time_call(lambda obj=obj, x=x: obj(x.clone()), device, min(repeats, 2), warmup=False)
                     else:
-                        t_byz = time_call(lambda: obj(x), device, min(repeats, 2), warmup=False)
+                        t_byz = time_call(lambda obj=obj, x=x: obj(x), device, min(repeats, 2), warmup=False)
                 label = name if name != "mda" else f"mda (f={mda_f(n, f)})"
                 mo, mb = mem["ours"].get(name), mem["byzfl"].get(name)
                 byz_cell = "" if t_byz is None else f"{t_byz * 1e3:.1f}"

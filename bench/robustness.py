@@ -75,8 +75,8 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -87,10 +87,10 @@ import torch  # noqa: E402
 
 import ostracon.nodes.worker as worker_module  # noqa: E402
 from ostracon.aggregator import get_pre_aggregation  # noqa: E402
-from ostracon.cluster.backends import LocalBackend, StepResult  # noqa: E402
 from ostracon.cluster.config import Config, load  # noqa: E402
-from ostracon.cluster.plan import load_config_dataset  # noqa: E402
-from ostracon.cluster.training import train  # noqa: E402
+from ostracon.cluster.execution.backend import LocalBackend, StepResult  # noqa: E402
+from ostracon.cluster.execution.plan import load_config_dataset  # noqa: E402
+from ostracon.cluster.execution.training import train  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "robustness.toml"
 DEFAULT_OUT = ROOT / "bench" / "results" / "robustness.md"
@@ -453,7 +453,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=None, help="override data.alpha (Dirichlet heterogeneity)")
     p.add_argument("--jobs", type=int, default=1, help="cells run in this many processes (default 1)")
     p.add_argument("--append", action="store_true", help="append the report to --out instead of replacing it")
-    p.add_argument("--out", default=None, help=f"also write the markdown report here (e.g. {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument("--out", default=None,
+                   help=f"also write the markdown report here (e.g. {DEFAULT_OUT.relative_to(ROOT)})")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")

@@ -22,14 +22,15 @@ import ray
 import torch
 
 from ostracon.cluster.config import from_dict
-from ostracon.cluster.training import train
+from ostracon.cluster.execution.hooks import RoundHooks
+from ostracon.cluster.execution.training import train
 
 
 def round_times(config) -> tuple[list[float], float, float]:
     stamps: list[float] = []
     began = time.perf_counter()
-    result = train(config, progress=False, on_round=lambda t, backend: stamps.append(time.perf_counter()))
-    diffs = [b - a for a, b in zip(stamps, stamps[1:])]
+    result = train(config, progress=False, hooks=RoundHooks(lambda t, backend: stamps.append(time.perf_counter())))
+    diffs = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return diffs, time.perf_counter() - began, result.summary["honest_test_accuracy"]["mean"]
 
 

@@ -36,8 +36,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -51,11 +51,11 @@ import numpy as np  # noqa: E402
 
 from ostracon.cluster import CoordinatorClient  # noqa: E402
 from ostracon.cluster.config import Config, load  # noqa: E402
-from ostracon.cluster.deployment import Deployment  # noqa: E402
-from ostracon.cluster.ledger import open_ledger  # noqa: E402
-from ostracon.cluster.plan import make_plan  # noqa: E402
+from ostracon.cluster.coordinator.deployment import Deployment  # noqa: E402
+from ostracon.cluster.execution.plan import make_plan  # noqa: E402
+from ostracon.cluster.execution.training import train  # noqa: E402
 from ostracon.cluster.service.server import CoordinatorServer  # noqa: E402
-from ostracon.cluster.training import train  # noqa: E402
+from ostracon.cluster.storage.ledger import open_ledger  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "digits_sisa.toml"
 DEFAULT_OUT = ROOT / "bench" / "results" / "service.md"
@@ -258,7 +258,8 @@ def report(config_path: str, config: Config, args, rows: list[dict], train_s: fl
         "",
         "Ack latency: time for `Delete` to answer (the operation is journaled, durable, before it answers). "
         "Applied per s: deletions applied / time from the first request to the last operation's final update. "
-        "Replays: ledger requests the load needed, the one-deletion measurement left out (pending operations are coalesced into one replay). "
+        "Replays: ledger requests the load needed, the one-deletion measurement left out "
+        "(pending operations are coalesced into one replay). "
         "Warm-up: starting the deployment (loading, starting the workers; on Ray the actors) and the server. "
         "One deletion: one more id through the idle warm service (`delete(wait=True)`) vs the same id by the "
         "cold `ostracon unlearn` CLI on a fresh copy of the same trained state (a subprocess: interpreter, "

@@ -25,7 +25,7 @@ Expected ratio (SISA, Bourtoule et al. 2021): a deletion lands in one group
 replay runs stages ``k..R-1``, i.e. ``(R - k)/R`` of the group's rounds, so
 ``E[ratio] = (1/S) (R + 1) / (2R)``. The *placement* expectation is the same
 figure computed from the real placement (slice sizes are only ~equal) and the
-real stage lengths (``ostracon.cluster.plan.stage_rounds``): the mean over training ids
+real stage lengths (``ostracon.cluster.execution.plan.stage_rounds``): the mean over training ids
 of ``rounds(stages k..R-1) / (S * rounds)``.
 
 Every (S, R) is trained in the same process after a warm-up run, so one-off
@@ -45,8 +45,8 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -57,11 +57,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ostracon.cluster.checkpoints import CheckpointStore  # noqa: E402
 from ostracon.cluster.config import Config, load  # noqa: E402
-from ostracon.cluster.ensemble import ensemble_accuracy  # noqa: E402
-from ostracon.cluster.plan import make_plan, stage_rounds  # noqa: E402
-from ostracon.cluster.training import served_worker, train  # noqa: E402
+from ostracon.cluster.execution.ensemble import ensemble_accuracy  # noqa: E402
+from ostracon.cluster.execution.plan import make_plan, stage_rounds  # noqa: E402
+from ostracon.cluster.execution.training import served_worker, train  # noqa: E402
+from ostracon.cluster.storage.checkpoints import CheckpointStore  # noqa: E402
 from ostracon.cluster.unlearning import locate, unlearn_state_dir, verify_state_dir  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "digits_sisa.toml"
@@ -108,7 +108,7 @@ def ensemble_after(config: Config, state_dir: str) -> float:
     for g in plan.groups:
         j = served_worker(plan, g)
         specs.append(plan.specs[j])
-        thetas.append(store.load(g, last)["workers"][str(j)]["theta"].numpy())
+        thetas.append(store.states(g, last)[j]["theta"])
     return ensemble_accuracy(specs, thetas, plan.test_features, plan.test_labels, config.unlearning.vote)
 
 

@@ -63,8 +63,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -76,13 +76,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ostracon.cluster.config import Config, from_dict  # noqa: E402
-from ostracon.cluster.plan import load_config_dataset, make_plan  # noqa: E402
-from ostracon.cluster.training import served_worker, train  # noqa: E402
+from ostracon.cluster.execution.plan import load_config_dataset, make_plan  # noqa: E402
+from ostracon.cluster.execution.training import served_worker, train  # noqa: E402
 from ostracon.cluster.unlearning import unlearn_state_dir  # noqa: E402
-from ostracon.cluster.unlearning.gate import retained_rows, rows_of  # noqa: E402
 from ostracon.cluster.unlearning.evaluation import compare_to_exact  # noqa: E402
-from ostracon.cluster.unlearning.exact import final_thetas  # noqa: E402
-from ostracon.cluster.unlearning.state import open_state  # noqa: E402
+from ostracon.cluster.unlearning.gate import retained_rows, rows_of  # noqa: E402
+from ostracon.cluster.unlearning.trained import final_thetas, open_state  # noqa: E402
 from ostracon.nodes.approximate_params import PARAMS  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "unlearning_methods.md"
@@ -153,7 +152,7 @@ def scenario(name: str, config: Config, seed: int, workdir: str) -> tuple[Config
         ids = [train_ids[i] for i in np.sort(rng.choice(len(train_ids), k, replace=False))]
     elif name == "class":
         source = load_config_dataset(config)
-        label = dict(zip(source.ids.tolist(), source.labels.tolist()))
+        label = dict(zip(source.ids.tolist(), source.labels.tolist(), strict=True))
         ids = [i for i in train_ids if label[i] == FORGET_CLASS]
     else:
         source = load_config_dataset(config)
@@ -319,7 +318,7 @@ def format_table(name: str, runs: Sequence[dict], chosen: dict) -> str:
     for key in ("before", "exact", *METHODS):
         rs = [run["rows"][key] for run in runs]
         a = [r["approx"] for r in rs]
-        ratio = [r["evals"] / run["exact_evals"] for r, run in zip(rs, runs)]
+        ratio = [r["evals"] / run["exact_evals"] for r, run in zip(rs, runs, strict=True)]
         cells = [LABELS.get(key, f"`{key}`"), _params_text(chosen[key]["params"]) if key in chosen else "—",
                  _ms([m["UA"] for m in a], 100), _ms([m["RA"] for m in a], 100), _ms([m["TA"] for m in a], 100),
                  _ms([m["MIA"] for m in a], 100), _ms([r["avg_gap"] for r in rs]),
@@ -350,7 +349,7 @@ def best_method(runs: Sequence[dict]) -> tuple[str, float, float] | None:
 def describe(seeds, search_seed, rounds, quick, grids) -> list[str]:
     c = base_config(seeds[0], rounds)
     t = c.training
-    defaults = {m: {k: v for k, v in dataclasses.asdict(PARAMS[m]()).items()} for m in METHODS}
+    defaults = {m: dict(dataclasses.asdict(PARAMS[m]())) for m in METHODS}
     return [
         f"- dataset: `digits` (test fraction {c.data.test_fraction}), partition `{c.data.partition}`; model "
         f"`{c.model.name}` (default params)",
@@ -429,8 +428,8 @@ def report(results: dict, chosen: dict, seeds, search_seed, rounds, quick, grids
         got = ", ".join(f"`{m}` {100 * np.mean([r['rows'][m]['approx']['TA'] for r in runs]):.2f}" for m in METHODS)
         parts.append(f"- (c): clean TA before {100 * before:.2f}%, exact replay {100 * exact:.2f}%; after each "
                      f"method: {got} (%)")
-    parts += ["", "Search (seed {}): chosen point per scenario and method (Avg. Gap on the search seed, "
-              "gradient evaluations; * = no grid point within the budget, the cheapest taken):".format(search_seed), ""]
+    parts += ["", f"Search (seed {search_seed}): chosen point per scenario and method (Avg. Gap on the search seed, "
+              "gradient evaluations; * = no grid point within the budget, the cheapest taken):", ""]
     for name in chosen:
         items = "; ".join(f"`{m}` {_params_text(c['params'])} ({c['avg_gap']:.2f}, {c['evals']}"
                           f"{'' if c['within_budget'] else '*'})" for m, c in chosen[name].items())
@@ -449,7 +448,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=200, help="training rounds (default 200)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--quick", action="store_true", help="smoke run: one seed, a 2-point grid per method")
-    p.add_argument("--out", default=None, help=f"also write the markdown report here (e.g. {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument("--out", default=None,
+                   help=f"also write the markdown report here (e.g. {DEFAULT_OUT.relative_to(ROOT)})")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",") if s.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]

@@ -7,13 +7,16 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from importlib import metadata
 
-from .config import load, parse_overrides
+from .config import BACKENDS, load, parse_overrides
 from .errors import OstraconError, RequestError, StateDirError
+from .vocabulary import DeletionMode, OperationState
 
 log = logging.getLogger("ostracon")
 
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model collaboratively (MoNNA or parameter server)")
     p.add_argument("-c", "--config", required=True, help="TOML config file")
     p.add_argument("-o", "--outdir", required=True, help="output and state directory (must be new)")
-    p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
+    p.add_argument("--backend", choices=BACKENDS, help="override backend.name")
     p.add_argument("--address", help="Ray cluster address ('auto', 'HOST:PORT' or 'ray://...'); implies --backend ray")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.rounds=50 (repeatable)")
@@ -56,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "e.g. '[\" a\", \"b,c\"]'")
     ids.add_argument("--resume", action="store_true",
                      help="only finish requests an interrupted command left unfinished (and repair)")
-    p.add_argument("--mode", choices=("exact", "approximate", "approximate_then_exact"), default="exact",
+    p.add_argument("--mode", choices=DeletionMode.values(), default=DeletionMode.EXACT.value,
                    help="exact (SISA replay, default), approximate (a gated approximate update; exact if it fails "
                         "the gate) or approximate_then_exact (the approximate update at once, then the replay)")
     p.add_argument("--method", default=None,
@@ -64,14 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an approximate-unlearning setting, e.g. --set unlearning.salun.lr=0.1 or "
                         "--set unlearning.gate.max_test_drop=0.05 (repeatable)")
-    p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
+    p.add_argument("--backend", choices=BACKENDS, help="override backend.name")
     p.add_argument("--address", help="Ray cluster address; implies --backend ray")
     p.add_argument("--out", help="also write the certificate JSON here (its folder is created if missing)")
 
     p = sub.add_parser("verify", help="audit a state directory: ledger, stores, certificates, checkpoints, "
                                       "then a retrain from scratch (exit 0 ok, 1 failed, 3 requests pending)")
     p.add_argument("--state-dir", required=True)
-    p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
+    p.add_argument("--backend", choices=BACKENDS, help="override backend.name")
     p.add_argument("--address", help="Ray cluster address; implies --backend ray")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--allow-approximate", action="store_true",
@@ -79,13 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it they fail as APPROXIMATE_NOT_VERIFIABLE")
 
     p = sub.add_parser("bench", help="run a benchmark and print its table")
-    p.add_argument("name", choices=("robustness", "aggregators", "scale", "unlearning", "unlearning_methods", "service"))
+    p.add_argument("name", choices=("robustness", "aggregators", "scale", "unlearning", "unlearning_methods",
+                                    "service"))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
 
     p = sub.add_parser("demo", help="the main job: train on Ray with Byzantine workers, serve it, delete through "
                                      "the gRPC service (a worker killed mid-replay), report, verify")
     p.add_argument("-o", "--outdir", default=None, help="where to write the run (default: a new temp dir)")
-    p.add_argument("--backend", choices=("local", "ray"), default="ray",
+    p.add_argument("--backend", choices=BACKENDS, default="ray",
                    help="ray (default: a local Ray runtime in this process) or local (in-process workers, "
                         "faster; no actor is killed)")
     p.add_argument("--keep-serving", action="store_true",
@@ -97,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="TOML config to train with when the state directory holds no trained state")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a token)")
     p.add_argument("--port", type=int, default=50051, help="port to bind (0: a free one; see server.json)")
-    p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
+    p.add_argument("--backend", choices=BACKENDS, help="override backend.name")
     p.add_argument("--address", help="Ray cluster address; implies --backend ray")
     p.add_argument("--token-file", help="file holding the bearer token clients must send (wins over $OSTRACON_TOKEN)")
     p.add_argument("--tls-cert", help="PEM certificate chain for TLS (with --tls-key)")
@@ -113,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     ids.add_argument("--ids", help="comma-separated sample ids; spaces around each id are ignored")
     ids.add_argument("--ids-file", help="file with one sample id per line, taken verbatim")
     ids.add_argument("--ids-json", help="a JSON list of sample ids")
-    p.add_argument("--mode", choices=("exact", "approximate", "approximate_then_exact"), default="exact")
+    p.add_argument("--mode", choices=DeletionMode.values(), default=DeletionMode.EXACT.value)
     p.add_argument("--method", default="", help="approximate-unlearning method (approximate modes)")
-    p.add_argument("--idempotency-key", default="", help="retrying with the same key and ids returns the same operation")
+    p.add_argument("--idempotency-key", default="",
+                   help="retrying with the same key and ids returns the same operation")
     p.add_argument("--wait", action="store_true", help="follow the operation to its final state (live progress)")
 
     p = sub.add_parser("ops", help="list a coordinator's operations, newest first")
@@ -142,6 +147,10 @@ def _client_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        # A shell starts a background job (`ostracon serve ... &`) with SIGINT ignored, and Python keeps
+        # that: restore the default so `kill -INT` and Ctrl-C interrupt it like a foreground command.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"ostracon: interrupted{_interrupted_hint(args)}", file=sys.stderr)
         return 130
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line (or a traceback for a bug)
         message = user_error_message(exc)
         if message is None:  # a bug, not a user error: show where it happened
             traceback.print_exc()
@@ -220,14 +229,14 @@ def _unlearn_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .plan import validate_run
-    from .training import train
+    from .execution.plan import validate_run
+    from .execution.training import train
 
     overrides = parse_overrides(args.overrides) | _backend_overrides(args)
     config = load(args.config, overrides)
     dataset = validate_run(config)  # data and model errors before the output directory exists
     if config.backend.name == "ray":
-        from .ray_backend import check_reachable
+        from .execution.ray_backend import check_reachable
 
         check_reachable(config.backend)
     result = train(config, args.outdir, progress=not args.no_progress, dataset=dataset)
@@ -414,7 +423,7 @@ def cmd_delete(args) -> int:
                 log.info("%s", operation_line(event))  # live progress on stderr
             op = event
     print(operation_line(op))
-    return 0 if op["state"] == "SUCCEEDED" else 1
+    return 0 if op["state"] == OperationState.SUCCEEDED else 1
 
 
 def cmd_ops(args) -> int:

@@ -32,11 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import Config, load
-from .plan import make_plan, stage_rounds
+from .execution.backend import Backend
+from .execution.hooks import Hooks
+from .execution.plan import make_plan, stage_rounds
+from .vocabulary import DeletionMode, OperationState
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.toml")  # ships with the package
 TOKEN_FILE = "demo-token"
-MALFORMED = (("an unknown sample id", ["no-such-sample"]), ("an empty id list", []))
+MALFORMED: tuple[tuple[str, list[str]], ...] = (("an unknown sample id", ["no-such-sample"]),
+                                                ("an empty id list", []))
 PREDICT_ROWS = 8
 CALL_TIMEOUT_S = 300.0  # a deletion's watch waits this long between events (a replay on 2 busy cores)
 
@@ -51,7 +55,7 @@ class Demo:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     token_file: str = ""
     address: str = ""
-    killer: "KillOnce | None" = None
+    killer: KillOnce | None = None
     ops: list[dict] = field(default_factory=list)  # {"title", "op", "cert"}
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # (what, code name, details)
     predicted: tuple = ()
@@ -71,7 +75,7 @@ def start_ray() -> None:
     routed through ostracon's (``-v`` shows them). Training and the coordinator share it."""
     import ray
 
-    from .ray_logs import ray_logging_level, route_driver_messages
+    from .execution.ray_logs import ray_logging_level, route_driver_messages
 
     cpus = max(2, min(8, os.cpu_count() or 2))  # the actors ask for a share each: 10 of them fit in 2 CPUs
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
@@ -89,7 +93,7 @@ def stop_ray() -> None:
 
 # ----- 2. training --------------------------------------------------------------------------------------
 def train_state(demo: Demo) -> None:
-    from .training import train
+    from .execution.training import train
 
     c = demo.config
     b = c.byzantine
@@ -112,23 +116,22 @@ def pick_ids(plan, group: int, stage: int, count: int, seed: int) -> list[str]:
 
 
 # ----- 3. the coordinator and the client -----------------------------------------------------------------
-class KillOnce:
-    """The deployment's ``on_round`` hook: once armed, kills one worker actor at the ``at``-th replay round
-    (``ray.kill(..., no_restart=False)``: Ray restarts it, the group's stage is redone)."""
+class KillOnce(Hooks):
+    """The deployment's hooks: once armed, kill one worker's actor at the ``at``-th replay round
+    (``Backend.kill``: Ray restarts it, the group's stage is redone)."""
 
     def __init__(self, worker: int, at: int):
         self.worker, self.at = worker, at
-        self.armed, self.seen, self.killed_at = False, 0, None
+        self.armed, self.seen = False, 0
+        self.killed_at: int | None = None
 
-    def __call__(self, t: int, backend) -> None:
+    def on_round(self, t: int, backend: Backend) -> None:
         if not self.armed:
             return
         self.seen += 1
         if self.seen == self.at:
-            import ray
-
             self.armed, self.killed_at = False, t
-            ray.kill(backend.actors[self.worker], no_restart=False)
+            backend.kill(self.worker)
 
 
 def write_token(demo: Demo) -> None:
@@ -140,12 +143,12 @@ def write_token(demo: Demo) -> None:
     os.chmod(demo.token_file, 0o600)
 
 
-def start_coordinator(demo: Demo, port: int = 0, on_round=None):
+def start_coordinator(demo: Demo, port: int = 0, hooks: Hooks | None = None):
     """(deployment, server): the state served warm on 127.0.0.1 (``port`` 0: a free one), token required."""
-    from .deployment import Deployment
+    from .coordinator.deployment import Deployment
     from .service.server import CoordinatorServer
 
-    deployment = Deployment(demo.state_dir, on_round=on_round)
+    deployment = Deployment(demo.state_dir, hooks=hooks)
     deployment.start()
     try:
         server = CoordinatorServer(deployment, host="127.0.0.1", port=port, token=demo.token)
@@ -165,17 +168,17 @@ def stop_coordinator(deployment, server) -> None:
         deployment.close(drain=True)
 
 
-def delete(demo: Demo, client, title: str, ids: list[str], mode: str) -> None:
+def delete(demo: Demo, client, title: str, ids: list[str], mode: DeletionMode) -> None:
     """One deletion through the client, followed to its end; its certificate is kept for the report."""
     began = time.perf_counter()
     op = client.delete(ids, mode=mode)
     say(f"    {op['id']} {op['state']}: {title}: {len(ids)} id(s) ({', '.join(ids)}), mode {mode}")
     for _, event in client.watch(op["id"], timeout=CALL_TIMEOUT_S):
-        if event["model_version"] != op["model_version"] and event["state"] == "RUNNING":
+        if event["model_version"] != op["model_version"] and event["state"] == OperationState.RUNNING:
             say(f"    {event['id']} serves model version {event['model_version']} while it runs: {event['message']}")
         op = event
     say(f"    {op['id']} {op['state']} after {time.perf_counter() - began:.1f}s: {op['message']}")
-    if op["state"] != "SUCCEEDED":
+    if op["state"] != OperationState.SUCCEEDED:
         raise RuntimeError(f"demo: {title} ended {op['state']}: {op['message']}")
     demo.ops.append({"title": title, "op": op, "cert": client.certificate(op["id"])})
 
@@ -184,7 +187,7 @@ def refuse(demo: Demo, client, what: str, ids: list[str]) -> None:
     from .service.client import CoordinatorError
 
     try:
-        op = client.delete(ids, mode="exact")
+        op = client.delete(ids, mode=DeletionMode.EXACT)
     except CoordinatorError as exc:
         demo.refused.append((what, exc.code().name, exc.details()))
         say(f"    {what}: refused with {exc.code().name}")
@@ -200,7 +203,7 @@ def use_the_service(demo: Demo, plan) -> None:
         demo.killer = KillOnce(worker=plan.honest(0)[-1], at=rounds[2] + rounds[3] // 2)
     say("3/5 coordinator: the deployment starts the workers once and keeps them warm; gRPC on a free loopback "
         "port, bearer token required")
-    deployment, server = start_coordinator(demo, on_round=demo.killer)
+    deployment, server = start_coordinator(demo, hooks=demo.killer)
     say(f"    serving on {demo.address} (backend {deployment.backend_name}; token in {demo.token_file})")
     try:
         with CoordinatorClient(demo.address, token=demo.token, timeout=CALL_TIMEOUT_S) as client:
@@ -213,11 +216,11 @@ def use_the_service(demo: Demo, plan) -> None:
             else:
                 fault = "; backend local: in-process workers, no actor to kill (fault step skipped)"
             say(f"  a) exact deletion{fault}")
-            delete(demo, client, "exact deletion", pick_ids(plan, 0, 2, 3, seed=1), "exact")
+            delete(demo, client, "exact deletion", pick_ids(plan, 0, 2, 3, seed=1), DeletionMode.EXACT)
             say("  b) approximate_then_exact deletion (method "
                 f"{demo.config.unlearning.method}, the configured default)")
             delete(demo, client, "approximate_then_exact deletion", pick_ids(plan, 1, 3, 3, seed=2),
-                   "approximate_then_exact")
+                   DeletionMode.APPROXIMATE_THEN_EXACT)
             say("  c) malformed requests")
             for what, ids in MALFORMED:
                 refuse(demo, client, what, ids)
@@ -247,7 +250,7 @@ def audit(demo: Demo) -> dict:
 
 def version_lines(state_dir: str) -> list[str]:
     """Accuracy of every published model version, from the ledger."""
-    from .ledger import open_ledger
+    from .storage.ledger import open_ledger
 
     with open_ledger(state_dir, readonly=True) as ledger:
         modes = {r.id: r.mode for r in ledger.requests()}
@@ -256,11 +259,11 @@ def version_lines(state_dir: str) -> list[str]:
     for version, request_id, record in versions:
         if request_id is None:
             what = "trained"
-        elif "phase" in record:
-            what = f"request {request_id} ({modes.get(request_id)}): approximate phase ({record['phase']['method']})"
+        elif record.phase is not None:
+            what = f"request {request_id} ({modes.get(request_id)}): approximate phase ({record.phase['method']})"
         else:
             what = f"request {request_id} ({modes.get(request_id)}): exact"
-        e = record["evaluation"]
+        e = record.evaluation
         lines.append(f"  v{version}: ensemble {e['ensemble_test_accuracy']:.3f}, honest mean "
                      f"{e['honest_test_accuracy']['mean']:.3f}  <- {what}")
     return lines
@@ -342,7 +345,7 @@ def run_demo(outdir: str | None = None, backend: str = "ray", *, keep_serving_af
              clean: bool = False, overrides: dict | None = None) -> int:
     """Run the demo; 0 when ``verify`` passes, 1 when it fails. ``overrides``: config keys (tests)."""
     chosen_by_user = outdir is not None
-    outdir = os.path.abspath(outdir) if chosen_by_user else tempfile.mkdtemp(prefix="ostracon-demo-")
+    outdir = os.path.abspath(outdir) if outdir is not None else tempfile.mkdtemp(prefix="ostracon-demo-")
     created = not os.path.exists(outdir) or not chosen_by_user
     state_dir = os.path.join(outdir, "run")
     config = load(DEMO_CONFIG, {**(overrides or {}), "backend.name": backend})
@@ -361,7 +364,7 @@ def run_demo(outdir: str | None = None, backend: str = "ray", *, keep_serving_af
         port = int(demo.address.rsplit(":", 1)[1])
         verified = audit(demo)
         report(demo, verified)
-        say(f"demo {'OK' if verified['ok'] else 'FAILED'} in {time.perf_counter() - began:.0f}s: "
+        say(f"demo {'OK' if verified['ok'] else 'failed'} in {time.perf_counter() - began:.0f}s: "
             + ("every deletion ended exact and verify reproduced the served models" if verified["ok"]
                else "verify found problems (above)"))
         if keep_serving_after:

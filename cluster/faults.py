@@ -19,8 +19,8 @@ import fnmatch
 import os
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 ENV = "OSTRACON_FAULT"
 ACTION_ENV = "OSTRACON_FAULT_ACTION"  # "kill" (default) or "sleep:SECONDS"

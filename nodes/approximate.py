@@ -31,8 +31,9 @@ mix) to its saliency mask; SSD is one-shot (no rounds): it dampens parameters by
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +51,9 @@ class Method:
     random_labels: bool = False  # RL, SalUn: the forget rows get random wrong labels each round
     reference: bool = False  # NPO: needs the pre-unlearning model's log-probabilities
 
-    def make(self, values: Mapping[str, Any] | None = None, where: str | None = None):
-        """Validated params from ``values`` (unknown names are errors naming them)."""
+    def make(self, values: Mapping[str, Any] | None = None, where: str | None = None) -> Any:
+        """Validated params from ``values`` (unknown names are errors naming them): an instance of
+        ``self.params``, one of the dataclasses of ``approximate_params`` (they share no base class)."""
         where = where or f"unlearning.{self.name}"
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(self.params)}
@@ -66,10 +68,12 @@ class Method:
 
 METHODS: dict[str, Method] = {}
 
+LossT = TypeVar("LossT", bound=Callable[..., torch.Tensor | None])
 
-def register_method(name: str, params: type, **flags: bool):
+
+def register_method(name: str, params: type, **flags: bool) -> Callable[[LossT], LossT]:
     """Register ``fn(logits, labels, context, params) -> loss | None`` as approximate method ``name``."""
-    def decorator(fn: Callable) -> Callable:
+    def decorator(fn: LossT) -> LossT:
         if name in METHODS:
             raise ValueError(f"unlearning method {name!r} is already registered")
         METHODS[name] = Method(name, fn, params, **flags)
@@ -85,7 +89,9 @@ def get_method(name: str) -> Method:
 
 
 @register_method("ft", FTParams)
-def ft(logits, labels, context, params):
+def ft(
+    logits: torch.Tensor, labels: torch.Tensor, context: Mapping[str, Any], params: FTParams
+) -> None:
     """Fine-tuning (FT): descend the cross-entropy on the retained data only; the model forgets by
     catastrophic forgetting. Warnecke et al., "Machine Unlearning of Features and Labels" (NDSS 2023);
     the FT baseline of SalUn (Fan et al., ICLR 2024). No forget term. Defaults: steps 15, lr 0.05,
@@ -94,7 +100,9 @@ def ft(logits, labels, context, params):
 
 
 @register_method("ga", GAParams)
-def ga(logits, labels, context, params):
+def ga(
+    logits: torch.Tensor, labels: torch.Tensor, context: Mapping[str, Any], params: GAParams
+) -> torch.Tensor:
     """Gradient ascent (GA): ascend the cross-entropy on the forget rows,
     loss_F = -CE(f_theta(x_f), y_f). Thudi et al., "Unrolling SGD" (EuroS&P 2022); Graves et al.,
     "Amnesiac Machine Learning" (AAAI 2021). Defaults: steps 5, lr 0.01, retain_weight 0 (pure GA)."""
@@ -102,7 +110,9 @@ def ga(logits, labels, context, params):
 
 
 @register_method("npo", NPOParams, reference=True)
-def npo(logits, labels, context, params):
+def npo(
+    logits: torch.Tensor, labels: torch.Tensor, context: Mapping[str, Any], params: NPOParams
+) -> torch.Tensor:
     """Negative preference optimisation (NPO): with pi(y|x) the true-class probability and pi_ref the
     model before unlearning,  loss_F = (2 / beta) * mean log(1 + (pi_theta / pi_ref)^beta)
     = -(2 / beta) * mean log sigmoid(-beta * (log pi_theta - log pi_ref)). Zhang et al., "Negative
@@ -114,7 +124,9 @@ def npo(logits, labels, context, params):
 
 
 @register_method("rl", RLParams, random_labels=True)
-def rl(logits, labels, context, params):
+def rl(
+    logits: torch.Tensor, labels: torch.Tensor, context: Mapping[str, Any], params: RLParams
+) -> torch.Tensor:
     """Random labels (RL): descend the cross-entropy of the forget rows against random wrong labels
     (redrawn each round), plus fine-tuning on the retained data:
     loss_F = forget_weight * CE(f_theta(x_f), y_rand), y_rand != y_f. Golatkar et al., "Eternal
@@ -123,7 +135,9 @@ def rl(logits, labels, context, params):
 
 
 @register_method("l1_sparse", L1SparseParams)
-def l1_sparse(logits, labels, context, params):
+def l1_sparse(
+    logits: torch.Tensor, labels: torch.Tensor, context: Mapping[str, Any], params: L1SparseParams
+) -> None:
     """l1-sparse: fine-tuning on the retained data with a linearly decaying L1 penalty,
     d += gamma_t * sign(theta), gamma_t = gamma * (1 - t / steps). Jia et al., "Model Sparsity Can
     Simplify Machine Unlearning" (NeurIPS 2023). No forget term. Defaults: gamma 5e-4, steps 15."""
@@ -131,7 +145,9 @@ def l1_sparse(logits, labels, context, params):
 
 
 @register_method("salun", SalUnParams, masked=True, random_labels=True)
-def salun(logits, labels, context, params):
+def salun(
+    logits: torch.Tensor, labels: torch.Tensor, context: Mapping[str, Any], params: SalUnParams
+) -> torch.Tensor:
     """SalUn: saliency mask m = 1[|grad CE(theta_0; forget rows)| among the top `sparsity` fraction],
     then random labelling on the masked weights only: theta <- theta - lr * m * (grad RL loss); momentum
     and mixing are masked too, so the other weights are bit-identical before and after. Fan et al.,
@@ -141,7 +157,9 @@ def salun(logits, labels, context, params):
 
 
 @register_method("ssd", SSDParams, one_shot=True)
-def ssd(logits, labels, context, params):
+def ssd(
+    logits: torch.Tensor, labels: torch.Tensor, context: Mapping[str, Any], params: SSDParams
+) -> torch.Tensor:
     """Selective synaptic dampening (SSD): importances I = E[(grad CE)^2] (diagonal Fisher, over
     batches) on the forget rows (I_F, at their holders) and on retained data (I_R, each trainer's own,
     coordinate median over the group's trainers); every parameter with I_F > alpha * I_R is scaled by
@@ -157,7 +175,9 @@ def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch
     return (labels + shift) % num_classes
 
 
-def dampen(theta: torch.Tensor, i_forget: torch.Tensor, i_retain: torch.Tensor, alpha: float, lam: float) -> torch.Tensor:
+def dampen(
+    theta: torch.Tensor, i_forget: torch.Tensor, i_retain: torch.Tensor, alpha: float, lam: float
+) -> torch.Tensor:
     """SSD's dampening: theta_i * min(lam * I_R,i / I_F,i, 1) where I_F,i > alpha * I_R,i, else theta_i."""
     selected = i_forget > alpha * i_retain
     factor = torch.clamp(lam * i_retain / torch.where(selected, i_forget, torch.ones_like(i_forget)), max=1.0)

@@ -7,8 +7,9 @@ Plain frozen dataclasses with documented defaults, importable without torch: the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,13 @@ import gzip
 import os
 import pickle
 import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+from numpy.lib.npyio import NpzFile
 
 SOURCES = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "npz")
 IMAGE_SPLITS = ("train", "test", "all")
@@ -92,7 +94,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def without(self, ids: Iterable[str]) -> "Dataset":
+    def without(self, ids: Iterable[str]) -> Dataset:
         """The rows whose id is not in ``ids`` (order kept)."""
         drop = np.asarray(list(ids), dtype=str)
         keep = ~np.isin(self.ids, drop)
@@ -102,7 +104,7 @@ class Dataset:
 def load_dataset(
     source: str,
     *,
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     seed: int = 0,
     samples: int | None = None,
     features: int | None = None,
@@ -138,14 +140,14 @@ def load_dataset(
 # --------------------------------------------------------------------- helpers
 
 
-def _reject_params(source: str, params: dict, allowed: tuple[str, ...]) -> None:
+def _reject_params(source: str, params: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         hint = f"; accepted: {', '.join(allowed)}" if allowed else ""
         raise ValueError(f"unknown param(s) for source {source!r}: {', '.join(unknown)}{hint}")
 
 
-def _require_path(source: str, path: str | os.PathLike | None) -> str | os.PathLike:
+def _require_path(source: str, path: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
     if path is None:
         what = "the .npz file" if source == "npz" else "the dataset root directory"
         raise ValueError(f"source {source!r} needs path= ({what})")
@@ -189,7 +191,9 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     return _index_ids(len(y)), x, y, 10
 
 
-def _synthetic(seed: int, samples: int | None, features: int | None, classes: int | None, params: dict) -> Dataset:
+def _synthetic(
+    seed: int, samples: int | None, features: int | None, classes: int | None, params: Mapping[str, Any]
+) -> Dataset:
     """Gaussian mixture: class means ~ N(0, s^2 I) with s = separation / sqrt(2 d), unit noise."""
     _reject_params("synthetic", params, allowed=("separation",))
     n = _check_positive_int("samples", 10000 if samples is None else samples)
@@ -257,7 +261,7 @@ def _find_raw_file(raw: Path, name: str, source: str) -> Path:
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode one idx file (LeCun's format; gzip if the name ends in ``.gz``).
 
     Layout: two zero bytes, a dtype code, the number of dimensions, then each
@@ -281,9 +285,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(blob, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _stack_image_parts(parts, num_classes: int, channels_last: bool):
+def _stack_image_parts(
+    parts: Iterable[tuple[str, np.ndarray, np.ndarray]], num_classes: int, channels_last: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Concatenate (split, uint8 images, labels) parts; ids ``"<split>-<i>"``; pixels to [0, 1]."""
-    ids, xs, ys = [], [], []
+    ids: list[np.ndarray] = []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
     for part, images, labels in parts:
         x = np.asarray(images, dtype=np.float32) / np.float32(255.0)
         if x.ndim == 3:
@@ -328,7 +336,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 python batch: ``(uint8 images (N, 32, 32, 3), labels (N,))``.
 
     The batches are pickles; they are read with an unpickler that refuses every
@@ -376,7 +384,7 @@ def _cifar10(source: str, root: Path, split: str) -> tuple[np.ndarray, np.ndarra
 # --------------------------------------------------------------------- npz
 
 
-def _npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _npz(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz source: no file at {path}")
@@ -411,7 +419,7 @@ def _npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     return ids, x, y.astype(np.int64), num_classes
 
 
-def _npz_array(archive, key: str, path: Path) -> np.ndarray:
+def _npz_array(archive: NpzFile, key: str, path: Path) -> np.ndarray:
     if key not in archive.files:
         raise ValueError(f"{path}: missing key {key!r} (found: {', '.join(archive.files) or 'none'})")
     try:

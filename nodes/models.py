@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +28,9 @@ from torch import nn
 MODELS = ("logreg", "mlp", "cnn", "resnet18")
 
 
-def build_model(name: str, *, input_shape: tuple, num_classes: int, seed: int, **params: Any) -> nn.Module:
+def build_model(
+    name: str, *, input_shape: Sequence[int], num_classes: int, seed: int, **params: Any
+) -> nn.Module:
     """Build model ``name`` for inputs of shape ``input_shape`` (one sample, no batch axis).
 
     Params: ``mlp``: ``hidden=64``, ``layers=1``; ``cnn``: ``channels=(32, 64)``,
@@ -91,21 +94,21 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def _flat_size(input_shape: tuple) -> int:
+def _flat_size(input_shape: tuple[int, ...]) -> int:
     return math.prod(input_shape)
 
 
-def _image_shape(name: str, input_shape: tuple) -> tuple[int, int, int]:
+def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise ValueError(f"model {name!r} needs image inputs (channels, height, width), got {input_shape!r}")
-    return input_shape  # type: ignore[return-value]
+    return input_shape  # narrowed by the length check
 
 
-def _logreg(input_shape: tuple, num_classes: int) -> nn.Module:
+def _logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(_flat_size(input_shape), num_classes))
 
 
-def _mlp(input_shape: tuple, num_classes: int, hidden: int, layers: int) -> nn.Module:
+def _mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int, layers: int) -> nn.Module:
     _check_int("hidden", hidden)
     _check_int("layers", layers)
     blocks: list[nn.Module] = [nn.Flatten()]
@@ -117,7 +120,7 @@ def _mlp(input_shape: tuple, num_classes: int, hidden: int, layers: int) -> nn.M
     return nn.Sequential(*blocks)
 
 
-def _cnn(input_shape: tuple, num_classes: int, channels: tuple, hidden: int) -> nn.Module:
+def _cnn(input_shape: tuple[int, ...], num_classes: int, channels: Sequence[int], hidden: int) -> nn.Module:
     """Two conv(3x3)-ReLU-maxpool(2) stages, then a hidden dense layer (LeNet-like; 1x28x28 or 3x32x32)."""
     c, h, w = _image_shape("cnn", input_shape)
     channels = tuple(channels)
@@ -170,7 +173,7 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18 for small images (CIFAR variant: 3x3 stem, no max-pool), GroupNorm throughout."""
 
-    def __init__(self, input_shape: tuple, num_classes: int, width: int, groups: int) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int, groups: int) -> None:
         super().__init__()
         c, _, _ = _image_shape("resnet18", input_shape)
         _check_int("width", width)
@@ -189,7 +192,8 @@ class ResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.stem_norm(self.stem(x)))
         out = self.stages(out)
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+        logits: torch.Tensor = self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+        return logits
 
 
 _BUILDERS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {

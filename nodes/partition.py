@@ -15,15 +15,20 @@ from __future__ import annotations
 import hashlib
 import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from hashlib import _Hash  # the type of hashlib.sha256(): only in the stubs
 
 PARTITIONS = ("iid", "dirichlet", "by_class")
 
 _TWO_POW_MINUS_53 = 2.0**-53
 
 
-def unit_hash(ids, seed: int, salt: str) -> np.ndarray:
+def unit_hash(ids: ArrayLike, seed: int, salt: str) -> np.ndarray:
     """``u_i = top53(sha256(f"{seed}:{salt}:{id_i}")) / 2**53``, float64 in [0, 1).
 
     53 bits is exactly the float64 mantissa, so ``u`` is exact and ``< 1``.
@@ -36,13 +41,13 @@ def unit_hash(ids, seed: int, salt: str) -> np.ndarray:
     return top.astype(np.float64) * _TWO_POW_MINUS_53
 
 
-def _digest8(prefix, sample_id: str) -> bytes:
+def _digest8(prefix: _Hash, sample_id: str) -> bytes:
     h = prefix.copy()
     h.update(sample_id.encode())
     return h.digest()[:8]
 
 
-def _as_ids(ids) -> np.ndarray:
+def _as_ids(ids: ArrayLike) -> np.ndarray:
     arr = np.asarray(ids)
     if arr.ndim != 1:
         raise ValueError(f"ids must be 1-D, got shape {arr.shape}")
@@ -62,8 +67,8 @@ class Placement:
 
 
 def place(
-    ids,
-    labels,
+    ids: ArrayLike,
+    labels: ArrayLike,
     *,
     seed: int,
     num_workers: int,
@@ -114,7 +119,9 @@ def _scale(u: np.ndarray, n: int) -> np.ndarray:
     return np.minimum((u * n).astype(np.int64), n - 1)
 
 
-def _dirichlet_workers(u, labels, seed, num_workers, alpha, num_classes) -> np.ndarray:
+def _dirichlet_workers(
+    u: np.ndarray, labels: np.ndarray, seed: int, num_workers: int, alpha: float, num_classes: int
+) -> np.ndarray:
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     worker = np.empty(len(u), dtype=np.int64)
@@ -129,8 +136,8 @@ def _dirichlet_workers(u, labels, seed, num_workers, alpha, num_classes) -> np.n
     return worker
 
 
-def _by_class_workers(u, labels, num_workers, k, num_classes) -> np.ndarray:
-    holders = [[] for _ in range(num_classes)]
+def _by_class_workers(u: np.ndarray, labels: np.ndarray, num_workers: int, k: int, num_classes: int) -> np.ndarray:
+    holders: list[list[int]] = [[] for _ in range(num_classes)]
     for w in range(num_workers):
         for c in sorted({(w * k + i) % num_classes for i in range(k)}):
             holders[c].append(w)
@@ -145,12 +152,12 @@ def _by_class_workers(u, labels, num_workers, k, num_classes) -> np.ndarray:
     return worker
 
 
-def _check_int(name: str, value, minimum: int = 1) -> None:
+def _check_int(name: str, value: object, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _check_labels(labels, n: int, num_classes: int) -> np.ndarray:
+def _check_labels(labels: ArrayLike, n: int, num_classes: int) -> np.ndarray:
     _check_int("num_classes", num_classes)
     labels = np.asarray(labels)
     if labels.shape != (n,):

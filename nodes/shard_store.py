@@ -13,7 +13,7 @@ On disk a store is a directory with two files:
     ``{"ids": [...], "time": <unix seconds>}``. Only the ids of deleted samples
     are kept, never their features or labels.
 
-Deletion (DESIGN invariant 3) is durable before it returns: validate, append
+Deletion (docs/design.md, invariant 3) is durable before it returns: validate, append
 the ids to the log and ``fsync`` it, then compact — write the surviving rows to
 ``rows.npz.tmp``, ``fsync``, ``os.replace`` it over ``rows.npz``, ``fsync`` the
 directory. Opening a store re-applies the whole log and re-compacts if the data
@@ -33,15 +33,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+from .durable import TMP_SUFFIX, fsync_dir, write_atomic, write_bytes_atomic
 
 ROWS_FILE = "rows.npz"
 LOG_FILE = "tombstones.jsonl"
-_TMP_SUFFIX = ".tmp"
 _FORMAT_VERSION = 1
+
+# A store's rows, column by column: (ids, features, labels, slices).
+Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class CorruptStoreError(ValueError):
@@ -68,7 +73,14 @@ class ShardStore:
     # ----------------------------------------------------------------- construction
 
     @classmethod
-    def from_arrays(cls, ids, features, labels, slices, path: str | os.PathLike | None = None) -> "ShardStore":
+    def from_arrays(
+        cls,
+        ids: ArrayLike,
+        features: ArrayLike,
+        labels: ArrayLike,
+        slices: ArrayLike,
+        path: str | os.PathLike[str] | None = None,
+    ) -> ShardStore:
         """Build a store from rows in any order.
 
         ``path=None``: in memory only. With a directory ``path``: if it already
@@ -93,11 +105,11 @@ class ShardStore:
         _write_rows(path, rows)
         if not (path / LOG_FILE).exists():
             _create_empty_log(path)
-        _fsync_directory(path)
+        fsync_dir(path)
         return cls(*rows, deleted=deleted, path=path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "ShardStore":
+    def open(cls, path: str | os.PathLike[str]) -> ShardStore:
         """Open the store in directory ``path``, re-applying its tombstone log (and finishing a crashed compaction)."""
         path = Path(path)
         if not (path / ROWS_FILE).is_file():
@@ -111,7 +123,15 @@ class ShardStore:
         return cls(*survivors, deleted=deleted, path=path)
 
     @classmethod
-    def rebuild(cls, path: str | os.PathLike, ids, features, labels, slices, deleted: Iterable[str]) -> "ShardStore":
+    def rebuild(
+        cls,
+        path: str | os.PathLike[str],
+        ids: ArrayLike,
+        features: ArrayLike,
+        labels: ArrayLike,
+        slices: ArrayLike,
+        deleted: Iterable[str],
+    ) -> ShardStore:
         """Rewrite the store in ``path`` from scratch: ``deleted`` is its whole tombstone log (one batch)
         and the given rows minus ``deleted`` its rows. Used to repair a lost or damaged store from a
         trusted record of deletions; both files are replaced atomically, the log first."""
@@ -125,14 +145,14 @@ class ShardStore:
         return cls(*rows, deleted=deleted, path=path)
 
     @staticmethod
-    def read_tombstones(path: str | os.PathLike, *, repair: bool = True) -> set[str]:
+    def read_tombstones(path: str | os.PathLike[str], *, repair: bool = True) -> set[str]:
         """The deleted ids logged in store directory ``path`` without loading its rows (empty if no log).
 
         ``repair=False`` never writes (an audit): a partial last line is ignored instead of cut off."""
         return _read_log(Path(path), repair=repair)
 
     @staticmethod
-    def rows_file(path: str | os.PathLike) -> Path:
+    def rows_file(path: str | os.PathLike[str]) -> Path:
         return Path(path) / ROWS_FILE
 
     # ----------------------------------------------------------------- queries
@@ -161,7 +181,7 @@ class ShardStore:
         if not wanted:
             return []
         live = _member(self.ids, np.asarray(wanted))
-        return [i for i, is_live in zip(wanted, live) if not is_live and i not in self._deleted]
+        return [i for i, is_live in zip(wanted, live, strict=True) if not is_live and i not in self._deleted]
 
     def deleted(self) -> set[str]:
         """Every tombstoned id (a copy)."""
@@ -194,7 +214,7 @@ class ShardStore:
 
     # ----------------------------------------------------------------- internals
 
-    def _require_same_rows(self, rows: tuple[np.ndarray, ...]) -> None:
+    def _require_same_rows(self, rows: Rows) -> None:
         """Refuse a rebuild whose rows (after tombstones) differ from the stored ones."""
         ids, features, labels, slices = rows
         same = (
@@ -231,7 +251,7 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _validate_rows(ids, features, labels, slices) -> tuple[np.ndarray, ...]:
+def _validate_rows(ids: ArrayLike, features: ArrayLike, labels: ArrayLike, slices: ArrayLike) -> Rows:
     """Check and normalise rows, then sort them by id (Python ``str`` order = code-point order)."""
     ids = np.asarray(ids)
     if ids.ndim != 1:
@@ -281,18 +301,19 @@ def _member(sorted_ids: np.ndarray, query: np.ndarray) -> np.ndarray:
     if len(sorted_ids) == 0:
         return np.zeros(len(query), dtype=bool)
     pos = np.searchsorted(sorted_ids, query)
-    return sorted_ids[np.minimum(pos, len(sorted_ids) - 1)] == query
+    found: np.ndarray = sorted_ids[np.minimum(pos, len(sorted_ids) - 1)] == query
+    return found
 
 
-def _drop(rows: tuple[np.ndarray, ...], deleted: set[str]) -> tuple[np.ndarray, ...]:
+def _drop(rows: Rows, deleted: set[str]) -> Rows:
     """Rows whose id is not in ``deleted``."""
     if not deleted:
         return rows
-    ids = rows[0]
+    ids, features, labels, slices = rows
     keep = ~np.isin(ids, np.asarray(sorted(deleted)))
     if keep.all():
         return rows
-    return tuple(a[keep] for a in rows)
+    return ids[keep], features[keep], labels[keep], slices[keep]
 
 
 def _request_ids(ids: Iterable[str]) -> list[str]:
@@ -307,7 +328,7 @@ def _request_ids(ids: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def _preview(items: list, limit: int = 20) -> str:
+def _preview(items: Sequence[object], limit: int = 20) -> str:
     shown = ", ".join(repr(str(i)) for i in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
@@ -315,46 +336,21 @@ def _preview(items: list, limit: int = 20) -> str:
 # --------------------------------------------------------------------- files
 
 
-def _fsync_directory(path: Path) -> None:
-    """Make a create/rename in ``path`` durable (POSIX: fsync the directory itself)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms that cannot open directories (Windows): nothing to do
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete leftovers of an interrupted compaction: they may hold rows deleted since."""
-    for tmp in path.glob(f"*{_TMP_SUFFIX}"):
+    for tmp in path.glob(f"*{TMP_SUFFIX}"):
         tmp.unlink()
 
 
-def _write_rows(path: Path, rows: tuple[np.ndarray, ...]) -> None:
-    """Atomically replace ``rows.npz``: write a temporary file, fsync, rename, fsync the directory."""
+def _write_rows(path: Path, rows: Rows) -> None:
+    """Atomically replace ``rows.npz`` (``durable.write_atomic``)."""
     ids, features, labels, slices = rows
-    target = path / ROWS_FILE
-    tmp = path / (ROWS_FILE + _TMP_SUFFIX)
-    with open(tmp, "wb") as handle:
-        # np.savez (not savez_compressed): members are stored raw, so deleted bytes can be searched for.
-        np.savez(
-            handle,
-            version=np.int64(_FORMAT_VERSION),
-            ids=ids,
-            features=features,
-            labels=labels,
-            slices=slices,
-        )
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
-    _fsync_directory(path)
+    # np.savez (not savez_compressed): members are stored raw, so deleted bytes can be searched for.
+    write_atomic(path / ROWS_FILE, lambda handle: np.savez(
+        handle, version=np.int64(_FORMAT_VERSION), ids=ids, features=features, labels=labels, slices=slices))
 
 
-def _read_rows(path: Path) -> tuple[np.ndarray, ...]:
+def _read_rows(path: Path) -> Rows:
     file = path / ROWS_FILE
     try:
         with np.load(file, allow_pickle=False) as archive:
@@ -398,19 +394,13 @@ def _append_tombstones(path: Path, ids: list[str]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     if created:
-        _fsync_directory(path)
+        fsync_dir(path)
 
 
 def _write_log(path: Path, ids: list[str]) -> None:
     """Replace the log atomically by one batch holding ``ids`` (an empty file when there are none)."""
-    tmp = path / (LOG_FILE + _TMP_SUFFIX)
-    with open(tmp, "wb") as handle:
-        if ids:
-            handle.write((json.dumps({"ids": ids, "time": time.time()}, ensure_ascii=False) + "\n").encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path / LOG_FILE)
-    _fsync_directory(path)
+    line = (json.dumps({"ids": ids, "time": time.time()}, ensure_ascii=False) + "\n") if ids else ""
+    write_bytes_atomic(path / LOG_FILE, line.encode("utf-8"))
 
 
 def _read_log(path: Path, repair: bool = True) -> set[str]:

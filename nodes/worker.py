@@ -19,17 +19,19 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ostracon.aggregator import aggregate, get_attack, max_f
+from ostracon.aggregator import PreStep, aggregate, get_attack, max_f
 from ostracon.aggregator.attacks import mimic_direction, mimic_target
 
 from . import approximate
+from .messages import Assign, Message, Mix
 from .models import build_model, flat_parameters, load_flat_parameters
 from .seeding import derive_seed, generator
 from .shard_store import ShardStore
@@ -56,14 +58,14 @@ class WorkerSpec:
     group: int
     seed: int
     model: str
-    input_shape: tuple
+    input_shape: tuple[int, ...]
     num_classes: int
     model_params: Mapping[str, Any] = field(default_factory=dict)
     protocol: str = "monna"
     rule: str = "nna"
     f: int = 0
     rule_params: Mapping[str, Any] = field(default_factory=dict)
-    pre: tuple = ()
+    pre: tuple[PreStep, ...] = ()
     lr: float = 0.1
     lr_schedule: str = "constant"
     total_rounds: int = 1
@@ -94,10 +96,10 @@ class WorkerSpec:
         return None if self.trains else self.behaviour
 
 
-def seeded_pre(pre: tuple, seed: int, *parts: object) -> tuple:
+def seeded_pre(pre: Iterable[PreStep], seed: int, *parts: object) -> tuple[PreStep, ...]:
     """``pre`` with a generator seeded by ``(seed, *parts)`` given to every randomised step (bucketing),
     so its shuffle is reproducible on every backend and in every replay."""
-    out = []
+    out: list[PreStep] = []
     for step in pre:
         name, params = (step, {}) if isinstance(step, str) else (step[0], dict(step[1]))
         if name == "bucketing" and "generator" not in params:
@@ -106,7 +108,7 @@ def seeded_pre(pre: tuple, seed: int, *parts: object) -> tuple:
     return tuple(out)
 
 
-def tolerated_f(rule: str, pre: tuple, n: int, f: int) -> int:
+def tolerated_f(rule: str, pre: Iterable[PreStep], n: int, f: int) -> int:
     """The declared ``f``, capped at what ``rule`` accepts for the rows it will see: a round with absent
     workers is smaller, and bucketing shrinks ``n`` rows to ``ceil(n / bucket_size)``."""
     rows = n
@@ -118,7 +120,8 @@ def tolerated_f(rule: str, pre: tuple, n: int, f: int) -> int:
 
 
 def learning_rate(spec: WorkerSpec, t: int) -> float:
-    """The step size at round ``t``: ``constant``, ``cosine`` (to 0 at the last round) or ``step`` (x0.1 at 50% and 75%)."""
+    """The step size at round ``t``: ``constant``, ``cosine`` (to 0 at the last round) or ``step``
+    (x0.1 at 50% and 75%)."""
     if spec.lr_schedule == "constant":
         return spec.lr
     if spec.lr_schedule == "cosine":
@@ -218,14 +221,14 @@ class Worker:
         return self._data_cache[1], self._data_cache[2]
 
     # ----- one round -----------------------------------------------------------------------------
-    def receive(self, incoming: tuple | None) -> None:
-        """Apply what the protocol delivered: ``("mix", vectors)`` or ``("set", parameters)``."""
-        if incoming is None:
+    def receive(self, message: Message | None) -> None:
+        """Apply what the protocol delivered: a :class:`Mix` of the group's half-models or an :class:`Assign`."""
+        if message is None:
             return
-        kind, payload = incoming
-        if kind == "set":
-            self.theta = _to_tensor(payload, self.device)
-        elif kind == "mix":
+        if isinstance(message, Assign):
+            self.theta = _to_tensor(message.parameters, self.device)
+        elif isinstance(message, Mix):
+            payload = message.vectors
             if isinstance(payload, np.ndarray) and payload.ndim == 2:
                 vectors = _to_tensor(payload, self.device)  # already stacked: one copy, not n
             else:
@@ -243,12 +246,12 @@ class Worker:
                 params["anchor"] = self.theta  # the model before this round's local step
             self.theta = aggregate(vectors, self.spec.rule, f=f, pivot=self.half, pre=pre, **params)
         else:
-            raise ValueError(f"unknown incoming message kind {kind!r}")
+            raise TypeError(f"unknown message {type(message).__name__}; expected Mix or Assign")
         job = self._unlearning
         if job is not None and job.mask is not None:  # SalUn: weights outside the mask never move
             self.theta = torch.where(job.mask, self.theta, job.frozen)
 
-    def step(self, stage: int, step: int, t: int, incoming: tuple | None = None) -> np.ndarray | None:
+    def step(self, stage: int, step: int, t: int, incoming: Message | None = None) -> np.ndarray | None:
         """Apply ``incoming``, take one local step on slices ``0..stage``, return the vector to send.
 
         Returns ``None`` when this worker sends nothing (``last_status`` says why): a crashed worker
@@ -277,10 +280,7 @@ class Worker:
         beta = self.spec.momentum
         self.momentum = beta * self.momentum + (1.0 - beta) * grad
         self.half = self.theta - learning_rate(self.spec, t) * self.momentum
-        if self.spec.protocol == "monna":
-            out = self.half
-        else:
-            out = self.momentum
+        out = self.half if self.spec.protocol == "monna" else self.momentum
         if behaviour == "straggler":
             time.sleep(float(self.spec.behaviour_params.get("delay_s", 1.0)))
         return _to_numpy(out)
@@ -289,8 +289,8 @@ class Worker:
         load_flat_parameters(self.model, self.theta)
         self.model.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        grad = torch.cat([p.grad.reshape(-1) for p in self.model.parameters()])
+        torch.autograd.backward(loss)  # what loss.backward() calls (that method is unannotated)
+        grad = _flat_grad(self.model)
         if self.spec.weight_decay:
             grad = grad + self.spec.weight_decay * self.theta
         return grad.detach()
@@ -328,7 +328,9 @@ class Worker:
         if job.method.random_labels:
             g = generator(self.spec.seed, self.spec.index, "unlearn", job.key, "labels", step)
             context["random_labels"] = approximate.random_wrong_labels(job.forget_y, self.spec.num_classes, g)
-        grad = self._loss_gradient(job.forget_x, lambda logits: job.method.loss(logits, job.forget_y, context, job.params))
+        grad = self._loss_gradient(
+            job.forget_x, lambda logits: job.method.loss(logits, job.forget_y, context, job.params)
+        )
         if grad is None:
             return None
         job.rows += int(job.forget_x.shape[0])
@@ -369,15 +371,16 @@ class Worker:
         total = torch.zeros_like(self.theta)
         for idx in batches:
             idx = idx.to(self.device)
-            total += self._loss_gradient(x[idx], lambda logits, i=idx: F.cross_entropy(logits, y[i])) ** 2
+            total += self._loss_gradient(x[idx], _cross_entropy_on(y, idx)) ** 2
             job.rows += int(idx.numel())
         return _to_numpy(total / len(batches))
 
     def dampen(self, i_forget: np.ndarray, i_retain: np.ndarray, alpha: float, lam: float) -> None:
         """SSD: scale the parameters by the shared importances (no step, no mix)."""
         self._job()
-        self.theta = approximate.dampen(self.theta, _to_tensor(i_forget, self.device), _to_tensor(i_retain, self.device),
-                                        alpha, lam)
+        self.theta = approximate.dampen(
+            self.theta, _to_tensor(i_forget, self.device), _to_tensor(i_retain, self.device), alpha, lam
+        )
         self.half = self.theta.clone()
 
     def end_unlearning(self) -> int:
@@ -389,7 +392,7 @@ class Worker:
         self._unlearning = None
         return job.rows
 
-    def _job(self) -> "_Unlearning":
+    def _job(self) -> _Unlearning:
         if self._unlearning is None:
             raise RuntimeError(f"worker {self.spec.index} is not unlearning (begin_unlearning first)")
         return self._unlearning
@@ -430,14 +433,27 @@ class Worker:
         self.last_status = SENT
         return _to_numpy(self.half if self.spec.protocol == "monna" else self.momentum)
 
-    def _loss_gradient(self, x: torch.Tensor, loss_of_logits) -> torch.Tensor | None:
+    @overload
+    def _loss_gradient(
+        self, x: torch.Tensor, loss_of_logits: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor: ...
+
+    @overload
+    def _loss_gradient(
+        self, x: torch.Tensor, loss_of_logits: Callable[[torch.Tensor], torch.Tensor | None]
+    ) -> torch.Tensor | None: ...
+
+    def _loss_gradient(
+        self, x: torch.Tensor, loss_of_logits: Callable[[torch.Tensor], torch.Tensor | None]
+    ) -> torch.Tensor | None:
+        """The gradient of ``loss_of_logits(model(x))`` at ``theta`` (``None`` where the loss is ``None``)."""
         load_flat_parameters(self.model, self.theta)
         self.model.zero_grad(set_to_none=True)
         loss = loss_of_logits(self.model(x))
         if loss is None:
             return None
-        loss.backward()
-        return torch.cat([p.grad.reshape(-1) for p in self.model.parameters()]).detach()
+        torch.autograd.backward(loss)  # what loss.backward() calls (that method is unannotated)
+        return _flat_grad(self.model).detach()
 
     def attack(self, honest: Sequence[np.ndarray], t: int) -> np.ndarray | None:
         """The vector an omniscient attacker sends this round, given the honest vectors."""
@@ -459,7 +475,7 @@ class Worker:
         )
         return _to_numpy(vector)
 
-    def _mimic_state(self, honest: torch.Tensor, t: int, warmup: int) -> dict:
+    def _mimic_state(self, honest: torch.Tensor, t: int, warmup: int) -> dict[str, int]:
         """Mimic's warm-up (bucketing paper): refine the top direction and follow its farthest honest
         worker for rounds ``t < warmup``, then keep copying the last one. The state lives in
         ``get_state`` so a replay from a checkpoint attacks exactly as the first run did."""
@@ -472,7 +488,7 @@ class Worker:
         self.mimic_target = mimic_target(honest, self.mimic_direction)
         return {"target": self.mimic_target}
 
-    def _defense(self, honest: torch.Tensor):
+    def _defense(self, honest: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The aggregation the attacker faces, as a closure over all sent vectors."""
         spec = self.spec
         if spec.protocol == "monna":
@@ -539,6 +555,21 @@ def evaluate_model(model: torch.nn.Module, features: np.ndarray, labels: np.ndar
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
     return correct / len(labels), loss_sum / len(labels)
+
+
+def _cross_entropy_on(labels: torch.Tensor, idx: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``logits -> cross_entropy(logits, labels[idx])`` (binds ``idx`` now: callers build it in a loop)."""
+    return lambda logits: F.cross_entropy(logits, labels[idx])
+
+
+def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
+    """Every parameter's gradient, in ``parameters()`` order, as one ``(d,)`` vector (after a backward pass)."""
+    grads = []
+    for p in model.parameters():
+        if p.grad is None:  # every parameter takes part in every loss: backward() filled them all
+            raise RuntimeError("a model parameter has no gradient after backward()")
+        grads.append(p.grad.reshape(-1))
+    return torch.cat(grads)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -7,38 +7,15 @@ import shutil
 
 import pytest
 
-from ostracon.cluster.config import Config, from_dict
-
-# Tests run the in-process backend in this process: pin threads like the workers do.
+# Tests run the in-process backend in this process: pin threads like the workers do (before torch loads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-
-def small_config(**sections) -> Config:
-    """A quick digits/MLP config; ``sections`` override whole keys, e.g. training={"rounds": 8}."""
-    raw = {
-        "seed": 0,
-        "data": {"source": "digits", "partition": "dirichlet", "alpha": 1.0},
-        "model": {"name": "mlp", "params": {"hidden": 32}},
-        "training": {"protocol": "monna", "rule": "nna", "workers": 6, "f": 1, "rounds": 40,
-                     "batch_size": 32, "lr": 0.5, "momentum": 0.9, "eval_every": 20},
-        "byzantine": {"count": 1, "behaviour": "alie"},
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            raw.setdefault(section, {}).update(values)
-        else:
-            raw[section] = values
-    return from_dict(raw)
+from helpers import SISA, small_config
 
 
 @pytest.fixture
 def make_config():
     return small_config
-
-
-# Issue acceptance for exact unlearning: S = 2 groups, R = 4 slices, 4 workers per group of which 1 Byzantine.
-SISA = dict(training={"workers": 4, "f": 1, "rounds": 24, "eval_every": 24},
-            byzantine={"count": 1, "behaviour": "alie"}, unlearning={"groups": 2, "slices": 4})
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +28,7 @@ def config():
 def trained(tmp_path_factory, config):
     """A state directory trained once per module with ``config`` (in process; backend.* may be overridden
     when it is served or unlearned)."""
-    from ostracon.cluster.training import train
+    from ostracon.cluster.execution.training import train
 
     state = tmp_path_factory.mktemp("trained") / "state"
     train(config, state, progress=False)

@@ -12,22 +12,19 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from ostracon.cluster import faults
-from ostracon.cluster.config import ConfigError
-from ostracon.cluster.ledger import open_ledger
-from ostracon.cluster.plan import make_plan
-from ostracon.cluster.training import train
+from ostracon.cluster.errors import ConfigError
+from ostracon.cluster.execution.plan import make_plan
+from ostracon.cluster.execution.training import train
+from ostracon.cluster.storage.ledger import open_ledger
 from ostracon.cluster.unlearning import locate, unlearn_state_dir, verify_state_dir
-from ostracon.cluster.unlearning.exact import final_thetas
-from ostracon.cluster.unlearning.state import open_state
+from ostracon.cluster.unlearning.trained import final_thetas, open_state
 from ostracon.nodes.approximate import METHODS
 from ostracon.nodes.worker import probabilities_model
-from conftest import small_config
-from test_deletion_core import assert_consistent, retrain_digests, trainer_ids
-from test_unlearning import tree_bytes
 
-import torch
+from helpers import assert_consistent, attacker_id, retrain_digests, small_config, trainer_ids, tree_bytes
 
 # One group of 5 MoNNA workers, one of them a Byzantine ALIE attacker, trained long enough to be good.
 METHOD_CONFIG = dict(training={"workers": 5, "f": 1, "rounds": 120, "eval_every": 120},
@@ -71,7 +68,8 @@ def honest_models(state) -> tuple[dict, object]:
 def forget_confidence(plan, thetas, config, ids):
     """Per honest worker: (accuracy, mean true-class probability) on ``ids``."""
     source = make_plan(config)
-    rows = {sid: (x, y) for d in source.data.values() for sid, x, y in zip(d.ids.tolist(), d.features, d.labels)}
+    rows = {sid: (x, y) for d in source.data.values()
+            for sid, x, y in zip(d.ids.tolist(), d.features, d.labels, strict=True)}
     x = torch.from_numpy(np.stack([rows[i][0] for i in ids]).astype(np.float32))
     y = torch.from_numpy(np.asarray([rows[i][1] for i in ids], dtype=np.int64))
     out = {}
@@ -100,7 +98,7 @@ def test_each_method_forgets_on_every_honest_model_with_a_byzantine_worker(tmp_p
         assert after[j][1] < before[j][1] - 0.05, (method, j, before[j], after[j])  # every honest model forgets
     with open_ledger(state, readonly=True) as ledger:
         _, record = ledger.latest_version()
-    assert record["debt"]["0"]["ids"] == sorted(ids) and record["debt"]["0"]["earliest_stage"] == 0
+    assert list(record.debts["0"].ids) == sorted(ids) and record.debts["0"].earliest_stage == 0
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -110,7 +108,8 @@ def test_invalid_hyperparameters_fail_before_anything_changes(state, config, met
     field = "alpha" if method == "ssd" else "lr"
     for overrides, message in (({f"unlearning.{method}.{field}": -1.0}, f"unlearning.{method}.{field} must be"),
                                ({f"unlearning.{method}.no_such_param": 1}, f"unlearning.{method}.no_such_param"),
-                               ({f"unlearning.{method}.{field}": "fast"}, f"unlearning.{method}.{field} must be a number")):
+                               ({f"unlearning.{method}.{field}": "fast"},
+                                f"unlearning.{method}.{field} must be a number")):
         with pytest.raises(ConfigError, match=message):
             unlearn_state_dir(state, good, mode="approximate", method=method, overrides=overrides)
         assert tree_bytes(state) == before
@@ -150,7 +149,7 @@ def test_a_destructive_update_is_rolled_back_and_the_request_ends_exact(state, c
     assert exact["mode"] == "exact"
     assert_consistent(state, config, ids, retrain_digests(config, ids))
     with open_ledger(state, readonly=True) as ledger:
-        assert "debt" not in ledger.latest_version()[1]
+        assert ledger.latest_version()[1].debt is None
 
 
 def _slice_of(config, i):
@@ -187,7 +186,7 @@ def test_approximate_then_exact_publishes_both_and_ends_exact(state, config):
     assert exact["model_version_after"] == 3 and exact["groups"]
     with open_ledger(state, readonly=True) as ledger:
         versions = ledger.versions()
-    assert [v for v, _, _ in versions] == [1, 2, 3] and versions[1][2]["debt"] and "debt" not in versions[2][2]
+    assert [v for v, _, _ in versions] == [1, 2, 3] and versions[1][2].debt and versions[2][2].debt is None
     assert_consistent(state, config, ids, retrain_digests(config, ids))
 
 
@@ -219,7 +218,8 @@ def test_verify_cli_exit_codes_for_an_approximate_state(state, config):
     cli = [sys.executable, "-m", "ostracon.cluster.cli"]
     done = subprocess.run(cli + ["unlearn", "--state-dir", str(state), "--ids", ids[0], "--mode", "approximate",
                                  "--method", "ft", "--set", "unlearning.gate.max_test_drop=1",
-                                 "--set", "unlearning.gate.max_retain_drop=1", "--set", "unlearning.gate.max_forget_gap=1"],
+                                 "--set", "unlearning.gate.max_retain_drop=1",
+                                 "--set", "unlearning.gate.max_forget_gap=1"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "APPROXIMATELY with ft" in done.stdout and "unlearning debt" in done.stdout
@@ -237,7 +237,7 @@ def test_a_damaged_approximate_model_is_repaired_by_the_next_request(state, conf
     first, second = trainer_ids(config, 2, seed=23, groups=(0,))
     unlearn_state_dir(state, [first], mode="approximate", method="ft", overrides=NO_GATE)
     with open_ledger(state, readonly=True) as ledger:
-        approximate_file = state / "checkpoints" / ledger.latest_version()[1]["approximate"]["0"]["file"]
+        approximate_file = state / "checkpoints" / ledger.latest_version()[1].approximate_models["0"].file
     approximate_file.write_bytes(approximate_file.read_bytes()[:-7] + b"garbage")
     report = verify_state_dir(state, retrain=False, allow_approximate=True)
     assert [f["name"] for f in report["failures"]] == ["CHECKPOINT_HASH_MISMATCH"], report["failures"]
@@ -271,8 +271,6 @@ def test_kill_9_after_the_approximate_model_is_saved_ends_exact(tmp_path, traine
 
 
 def test_ids_no_model_read_are_deleted_exactly_even_in_approximate_mode(state, config):
-    from test_deletion_core import attacker_id
-
     ids = [attacker_id(config)]
     cert = unlearn_state_dir(state, ids, mode="approximate", method="salun")
     assert cert["mode"] == "exact" and cert["not_replayed"] == ids and cert["gradient_evaluations"] == 0

@@ -70,8 +70,8 @@ def test_train_unlearn_verify_matches_retraining_on_the_reduced_file(tmp_path, n
     assert done.returncode == 0, done.stderr
     assert "honest test accuracy" in done.stdout
     from ostracon.cluster.config import load
+    from ostracon.cluster.execution.plan import make_plan
     from ostracon.cluster.unlearning import locate
-    from ostracon.cluster.plan import make_plan
 
     train_ids = sorted(locate(make_plan(load(config))))
     rng = np.random.default_rng(0)

@@ -12,8 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -257,7 +257,7 @@ def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, rest
-    lines = [x for x in rest.strip().splitlines() if not x.split(" ", 3)[2:3] == ["INFO"]]
+    lines = [x for x in rest.strip().splitlines() if x.split(" ", 3)[2:3] != ["INFO"]]
     assert lines == [f"ostracon: interrupted; {out} holds an incomplete run (no state.json): remove it before "
                      "training there again"], rest
     assert "Traceback" not in rest

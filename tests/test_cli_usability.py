@@ -45,7 +45,7 @@ def _train(tmp_path, data_path, name="state"):
 
 def _training_ids(state) -> list[str]:
     from ostracon.cluster.config import load
-    from ostracon.cluster.plan import make_plan
+    from ostracon.cluster.execution.plan import make_plan
     from ostracon.cluster.unlearning import locate
 
     return sorted(locate(make_plan(load(state / "config.json"))))
@@ -102,8 +102,9 @@ def test_relative_data_path_is_stored_absolute_so_unlearn_and_verify_work_elsewh
 def test_many_groups_over_little_data_warn_naming_the_counts(caplog):
     import logging
 
-    from ostracon.cluster.plan import validate_run
-    from conftest import small_config
+    from ostracon.cluster.execution.plan import validate_run
+
+    from helpers import small_config
 
     caplog.set_level(logging.WARNING, logger="ostracon")
     validate_run(small_config(unlearning={"groups": 60}))  # 360 workers share ~1440 training rows

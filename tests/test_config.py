@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ostracon.cluster.config import Config, ConfigError, from_dict, load, parse_overrides
+from ostracon.cluster.config import Config, from_dict, load, parse_overrides
+from ostracon.cluster.errors import ConfigError
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
@@ -16,8 +17,9 @@ def test_defaults_are_valid_and_round_trip(tmp_path):
 
 
 def test_example_configs_load():
-    from ostracon.cluster.cli import EXAMPLES_DIR
     import os
+
+    from ostracon.cluster.cli import EXAMPLES_DIR
 
     names = [n for n in os.listdir(EXAMPLES_DIR) if n.endswith(".toml")]
     assert names

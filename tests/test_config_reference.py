@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from ostracon.cluster import config_reference as ref
 from ostracon.cluster.config import SECTIONS, Config
-from ostracon.cluster.config_docs import DOCS
+from ostracon.cluster.config import reference as ref
+from ostracon.cluster.config.docs import DOCS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,19 +26,19 @@ REGENERATE = "python -m ostracon.cluster.config_reference --write README.md"
 def test_every_schema_key_has_a_meaning():
     missing = ref.missing_docs()
     assert not missing, (f"config key(s) without a meaning: {', '.join(missing)}; add them to DOCS in "
-                         "cluster/config_docs.py (or field(metadata={'doc': ...})), then run: " + REGENERATE)
+                         "cluster/config/docs.py (or field(metadata={'doc': ...})), then run: " + REGENERATE)
 
 
 def test_docs_name_only_keys_of_the_schema():
     stale = ref.stale_docs()
-    assert not stale, (f"DOCS in cluster/config_docs.py documents key(s) the schema does not have: "
+    assert not stale, (f"DOCS in cluster/config/docs.py documents key(s) the schema does not have: "
                        f"{', '.join(stale)}; remove or rename them, then run: {REGENERATE}")
 
 
 def test_readme_table_is_the_generated_one():
     text = README.read_text(encoding="utf-8")
     assert ref.current_table(text) == ref.render_markdown(), (
-        f"README.md's configuration table differs from the schema and cluster/config_docs.py; run: {REGENERATE}")
+        f"README.md's configuration table differs from the schema and cluster/config/docs.py; run: {REGENERATE}")
 
 
 def test_walker_covers_every_section_and_top_level_key():

@@ -13,7 +13,6 @@ import pytest
 
 from ostracon.nodes.data import SOURCES, Dataset, load_cifar_batch, load_dataset, read_idx
 
-
 # --------------------------------------------------------------------- digits / synthetic
 
 

@@ -7,73 +7,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ostracon.cluster import faults
-from ostracon.cluster.checkpoints import CheckpointStore
-from ostracon.cluster.ledger import open_ledger
-from ostracon.cluster.plan import load_config_dataset, make_plan
-from ostracon.cluster.training import train
+from ostracon.cluster.execution.plan import load_config_dataset, make_plan
+from ostracon.cluster.execution.training import train
+from ostracon.cluster.storage.checkpoints import CheckpointStore
+from ostracon.cluster.storage.ledger import open_ledger
 from ostracon.cluster.unlearning import SourceChangedError, locate, unlearn_state_dir, verify_state_dir
 from ostracon.nodes.shard_store import ShardStore, _write_rows  # a raw rows.npz write: the damage
-from conftest import small_config
-from test_unlearning import SISA, tree_bytes
 
-
-def trainer_ids(config, count, seed, groups=(0, 1)):
-    """``count`` ids held by training (honest) workers, spread over ``groups``."""
-    plan = make_plan(config)
-    where = locate(plan)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for k in range(count):
-        g = groups[k % len(groups)]
-        pool = sorted(i for i, (gg, j, _) in where.items() if gg == g and plan.specs[j].trains and i not in chosen)
-        chosen.append(pool[rng.integers(len(pool))])
-    return chosen
-
-
-def attacker_id(config):
-    plan = make_plan(config)
-    return next(i for i, (_, j, _) in sorted(locate(plan).items()) if not plan.specs[j].trains)
-
-
-def retrain_digests(config, deleted):
-    fresh = train(config, None, progress=False, dataset=load_config_dataset(config).without(deleted))
-    return fresh.summary["group_digests"], fresh.summary["worker_digests"]
-
-
-def stable_bytes(state):
-    """Every file's bytes, except SQLite's own shared-memory/WAL companions of a read connection."""
-    return {p: b for p, b in tree_bytes(state).items() if not p.startswith("ledger.sqlite-")}
-
-
-def assert_consistent(state, config, deleted, digests):
-    """certified = ledger = absent from every store = absent from the retrain, whose digests are published."""
-    deleted = set(deleted)
-    with open_ledger(state, readonly=True) as ledger:
-        assert set(ledger.deletions()) == deleted
-        assert not ledger.requests(unfinished_only=True)
-        _, record = ledger.latest_version()
-    certified = []
-    for name in sorted(os.listdir(state / "certificates")):
-        certified += json.loads((state / "certificates" / name).read_text())["deleted"]
-    assert sorted(certified) == sorted(deleted), "every deleted id is in exactly one certificate"
-    plan = make_plan(config, state_dir=state)
-    where = locate(plan)
-    for j, data in plan.data.items():
-        store = ShardStore.open(data.store_path)
-        assert not deleted & set(store.ids.tolist()), f"worker {j} still holds a deleted id"
-        assert ShardStore.read_tombstones(data.store_path) == {i for i in deleted if where[i][1] == j}
-    groups, workers = digests
-    assert record["group_digests"] == groups
-    assert record["worker_digests"] == workers
-    assert json.loads((state / "state.json").read_text())["group_digests"] == groups
-    report = verify_state_dir(state, retrain=False)
-    assert report["ok"] and not report["pending"], report["failures"]
-
+from helpers import (
+    SISA,
+    assert_consistent,
+    attacker_id,
+    retrain_digests,
+    small_config,
+    stable_bytes,
+    trainer_ids,
+    tree_bytes,
+)
 
 # ----- crash at every step boundary --------------------------------------------------------------------
 
@@ -166,9 +122,9 @@ def test_verify_names_each_kind_of_mismatch_and_changes_nothing(tmp_path, traine
 
     def checkpoint_byte_changed(s):
         path = CheckpointStore(s).path(0, 1)
-        blob = bytearray(open(path, "rb").read())
+        blob = bytearray(Path(path).read_bytes())
         blob[len(blob) // 2] ^= 0x01
-        open(path, "wb").write(bytes(blob))
+        Path(path).write_bytes(bytes(blob))
 
     def store_directory_lost(s):
         shutil.rmtree(_store_dir(s, 2))
@@ -291,10 +247,10 @@ def test_a_damaged_checkpoint_is_repaired_by_an_exact_replay(state, config, dama
     if damage == "missing":
         os.remove(path)
     else:
-        blob = bytearray(open(path, "rb").read())
+        blob = bytearray(Path(path).read_bytes())
         where = len(blob) // 2 if damage == "flipped_byte" else 0
         blob[where] ^= 0xFF
-        open(path, "wb").write(bytes(blob))
+        Path(path).write_bytes(bytes(blob))
     ids = trainer_ids(config, 1, seed=15, groups=(0,))  # a deletion in the OTHER group
     cert = unlearn_state_dir(state, ids)
     assert cert["groups"]["1"]["restarted_from_stage"] == 1, cert["groups"]
@@ -325,7 +281,7 @@ def test_changed_source_data_is_refused_before_anything_changes(tmp_path):
 # ----- one writer per state directory --------------------------------------------------------------------
 
 def test_a_second_writer_fails_fast_naming_the_holder(state, config):
-    from ostracon.cluster import statedir
+    from ostracon.cluster.storage import statedir
 
     before = tree_bytes(state)
     with statedir.exclusive(state, "unlearn"):
@@ -366,7 +322,7 @@ def _cli(*args):
 def _wait_for_holder(path, proc, timeout=60.0):
     import time
 
-    from ostracon.cluster import statedir
+    from ostracon.cluster.storage import statedir
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -418,7 +374,7 @@ def test_two_trains_into_one_directory_one_proceeds_the_other_fails_fast(tmp_pat
 def test_an_interrupted_train_leaves_a_marked_directory_that_later_commands_refuse(tmp_path):
     import subprocess
 
-    from ostracon.cluster import statedir
+    from ostracon.cluster.storage import statedir
 
     cfg = tmp_path / "c.toml"
     cfg.write_text('[training]\nworkers = 3\nf = 1\nrounds = 6\neval_every = 6\n[unlearning]\nslices = 2\n')
@@ -438,7 +394,7 @@ def test_an_interrupted_train_leaves_a_marked_directory_that_later_commands_refu
 
 
 def test_a_corrupt_ledger_stops_every_command(state, config):
-    from ostracon.cluster.ledger import LedgerError
+    from ostracon.cluster.storage.ledger import LedgerError
 
     path = state / "ledger.sqlite"
     blob = bytearray(path.read_bytes())

@@ -138,8 +138,7 @@ def _strings(node):
 def _containers(node):
     """Every container (a dict under a `containers` list) in a document."""
     if isinstance(node, dict):
-        for container in node.get("containers") or ():
-            yield container
+        yield from node.get("containers") or ()
         for value in node.values():
             yield from _containers(value)
     elif isinstance(node, list):

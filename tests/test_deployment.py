@@ -13,13 +13,22 @@ import textwrap
 import numpy as np
 import pytest
 
-from ostracon.cluster import (Deployment, HeldOutIdsError, IdempotencyConflictError, OperationNotFoundError,
-                              PreconditionError, RequestError, UnknownIdsError)
-from ostracon.cluster.ledger import open_ledger
-from ostracon.cluster.plan import make_plan
-from ostracon.cluster.statedir import StateLockedError
+from ostracon.cluster import (
+    Deployment,
+    HeldOutIdsError,
+    IdempotencyConflictError,
+    OperationNotFoundError,
+    PreconditionError,
+    RequestError,
+    UnknownIdsError,
+)
+from ostracon.cluster.execution.hooks import RoundHooks
+from ostracon.cluster.execution.plan import make_plan
+from ostracon.cluster.storage.ledger import open_ledger
+from ostracon.cluster.storage.statedir import StateLockedError
 from ostracon.cluster.unlearning import unlearn_state_dir, verify_state_dir
-from test_deletion_core import assert_consistent, retrain_digests, stable_bytes, trainer_ids
+
+from helpers import assert_consistent, retrain_digests, stable_bytes, trainer_ids
 
 
 def wait_done(dep, op_id):
@@ -46,7 +55,7 @@ def test_a_warm_exact_deletion_is_bit_exact_and_fully_observable(state, config):
         # Watch replays stored events after a sequence, and ends at once after the final one.
         assert [s for s, _ in dep.watch(op.id, after_sequence=2)] == [s for s, _ in events[2:]]
         assert list(dep.watch(op.id, after_sequence=events[-1][0])) == []
-        cert = dep.certificate(op.id)
+        cert = dep.certificate(op.id).to_dict()
         assert sorted(cert["deleted"]) == sorted(ids) and cert["model_version_after"] == done.model_version
         labels, probabilities, version = dep.predict(features)
         assert version == done.model_version and labels.dtype == np.int64 and labels.shape == (5,)
@@ -100,7 +109,7 @@ def test_idempotency_cancel_and_paging(state, config):
         # Already-deleted ids are an idempotent no-op that succeeds.
         noop = dep.delete([a])
         assert wait_done(dep, noop.id)[-1][1].state == "SUCCEEDED"
-        assert dep.certificate(noop.id)["status"] == "noop"
+        assert dep.certificate(noop.id).to_dict()["status"] == "noop"
         ops, token = dep.operations(page_size=1)
         assert [o.id for o in ops] == [noop.id] and token
         ops, token = dep.operations(page_size=1, page_token=token)
@@ -118,7 +127,7 @@ def test_pending_operations_are_coalesced_and_cancel_works(state, config):
             assert dep.status().queue_depth == 3
         finals = [wait_done(dep, op.id)[-1][1] for op in ops]
         assert all(o.state == "SUCCEEDED" for o in finals)
-        certs = [dep.certificate(op.id) for op in ops]
+        certs = [dep.certificate(op.id).to_dict() for op in ops]
         assert len({c["request_id"] for c in certs}) == 1, "one ledger request for the pending operations"
         assert sorted(certs[0]["deleted"]) == sorted(ids[:3])
         assert dep.operation(cancelled.id).state == "CANCELLED"
@@ -142,21 +151,21 @@ class dep_paused:
 
 
 def test_unlearn_refuses_a_served_directory_pointing_to_delete(state, config):
-    with Deployment(state):
-        with pytest.raises(StateLockedError, match="ostracon delete"):
-            unlearn_state_dir(state, trainer_ids(config, 1, seed=41))
+    with Deployment(state), pytest.raises(StateLockedError, match="ostracon delete"):
+        unlearn_state_dir(state, trainer_ids(config, 1, seed=41))
 
 
 CRASH_SCRIPT = textwrap.dedent("""
     import sys
     from ostracon.cluster import Deployment
+    from ostracon.cluster.execution.hooks import RoundHooks
     state, first, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
 
     def submit_the_rest_while_the_first_runs(t, backend):
         while rest:  # from the replay of the first operation: these stay PENDING behind it
             print(dep.delete([rest.pop(0)]).id, flush=True)
 
-    dep = Deployment(state, on_round=submit_the_rest_while_the_first_runs)
+    dep = Deployment(state, hooks=RoundHooks(submit_the_rest_while_the_first_runs))
     dep.start()
     print(dep.delete([first]).id, flush=True)
     dep._thread.join()  # OSTRACON_FAULT kills the process at the first replayed stage
@@ -180,7 +189,7 @@ def test_kill_9_while_running_and_pending_completes_every_operation_once(state, 
         assert all(op.state == "SUCCEEDED" for op in finals.values())
         covered = {}
         for op_id, op in finals.items():
-            cert = dep.certificate(op_id)
+            cert = dep.certificate(op_id).to_dict()
             assert set(op.sample_ids) <= set(cert["deleted"]) | set(cert["already_deleted"])
             covered[cert["request_id"]] = cert["deleted"]
     deleted = sorted(i for op in finals.values() for i in op.sample_ids)
@@ -193,7 +202,7 @@ def test_kill_9_while_running_and_pending_completes_every_operation_once(state, 
 
 
 def test_a_replay_that_keeps_failing_fails_the_operation_and_publishes_nothing(state, config):
-    from ostracon.cluster.protocols import StageFailedError
+    from ostracon.cluster.execution.session import StageFailedError
 
     ids = trainer_ids(config, 2, seed=61)
     failing = {"on": True}
@@ -204,7 +213,7 @@ def test_a_replay_that_keeps_failing_fails_the_operation_and_publishes_nothing(s
 
     with open_ledger(state, readonly=True) as ledger:
         version_before = ledger.latest_version()[0]
-    with Deployment(state, on_round=worker_lost_for_good) as dep:
+    with Deployment(state, hooks=RoundHooks(worker_lost_for_good)) as dep:
         op = dep.delete(ids)
         final = wait_done(dep, op.id)[-1][1]
         assert final.state == "FAILED" and "nothing was published" in final.message and final.model_version == 0
@@ -229,7 +238,7 @@ def test_an_empty_directory_with_a_config_is_trained_then_served(tmp_path, train
         assert dep.ready and dep.status().model_version == 1
         assert len(dep.status().workers) == len(make_plan(config).specs)
     with open_ledger(state, readonly=True) as served, open_ledger(trained, readonly=True) as reference:
-        assert served.latest_version()[1]["group_digests"] == reference.latest_version()[1]["group_digests"]
+        assert served.latest_version()[1].group_digests == reference.latest_version()[1].group_digests
 
 
 NO_GATE = {"unlearning.gate.max_test_drop": 1.0, "unlearning.gate.max_retain_drop": 1.0,
@@ -245,13 +254,13 @@ def test_warm_approximate_modes_publish_then_settle(state, config):
         op = dep.delete([a], mode="approximate")
         messages = [o.message for _, o in wait_done(dep, op.id)]
         assert dep.operation(op.id).state == "SUCCEEDED", messages
-        cert = dep.certificate(op.id)
+        cert = dep.certificate(op.id).to_dict()
         assert cert["mode"] == "approximate" and cert["method"] == "ft" and cert["unlearning_debt"]
         assert dep.predict(features)[2] == cert["model_version_after"] == 2
         op = dep.delete([b], mode="approximate_then_exact", method="salun")
         events = [o for _, o in wait_done(dep, op.id)]
         assert any("approximate version 3 published" in o.message for o in events), [o.message for o in events]
-        cert = dep.certificate(op.id)
+        cert = dep.certificate(op.id).to_dict()
         assert cert["mode"] == "exact" and cert["requested_mode"] == "approximate_then_exact"
         assert [p["mode"] for p in cert["phases"]] == ["approximate", "exact"]
         assert cert["phases"][0]["method"] == "salun" and cert["model_version_after"] == 4
@@ -287,7 +296,7 @@ def test_kill_9_of_a_serving_process_during_an_approximate_operation(state, conf
     with Deployment(state, overrides={**NO_GATE, "unlearning.method": "ft"}) as dep:
         final = wait_done(dep, op_id)[-1][1]
         assert final.state == "SUCCEEDED", final.message
-        cert = dep.certificate(op_id)
+        cert = dep.certificate(op_id).to_dict()
     assert cert["mode"] == "exact" and cert["requested_mode"] == mode
     assert first_phase in cert["phases"][0]["outcome"], cert["phases"][0]
     assert_consistent(state, config, ids, retrain_digests(config, ids))

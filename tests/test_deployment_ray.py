@@ -8,8 +8,10 @@ import re
 import pytest
 
 from ostracon.cluster import Deployment
+from ostracon.cluster.execution.hooks import RoundHooks
 from ostracon.cluster.unlearning import verify_state_dir
-from test_deletion_core import assert_consistent, retrain_digests, trainer_ids
+
+from helpers import assert_consistent, retrain_digests, trainer_ids
 
 ON_RAY = {"backend.name": "ray"}
 NO_GATE = {"unlearning.gate.max_test_drop": 1.0, "unlearning.gate.max_retain_drop": 1.0,
@@ -20,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 
 def pids(dep):
     backend = dep._live.backend
-    return backend.call(sorted(backend.actors), "pid")
+    return backend.pids(sorted(backend.actors))
 
 
 def test_a_warm_deletion_on_ray_starts_no_actor_and_is_bit_exact(state, config):
@@ -45,15 +47,15 @@ def test_a_worker_killed_during_the_replay_is_redone_and_still_exact(state, conf
 
     def kill_worker_0_once(t, backend):
         if not killed:
-            killed["pid"] = backend.call([0], "pid")[0]
+            killed["pid"] = backend.pids([0])[0]
             backend.kill(0)
 
-    with Deployment(state, overrides=ON_RAY, on_round=kill_worker_0_once) as dep:
+    with Deployment(state, overrides=ON_RAY, hooks=RoundHooks(kill_worker_0_once)) as dep:
         others = {j: p for j, p in pids(dep).items() if j != 0}
         op = dep.delete(ids)
         final = list(dep.watch(op.id))[-1][1]
         assert final.state == "SUCCEEDED", final.message
-        cert = dep.certificate(op.id)
+        cert = dep.certificate(op.id).to_dict()
         assert any("redone" in f["reason"] for f in cert["failures"]), cert["failures"]
         now = pids(dep)
         assert now[0] != killed["pid"], "Ray restarted the killed actor"
@@ -70,15 +72,15 @@ def test_a_worker_killed_during_an_approximate_update_falls_back_to_exact(state,
 
     def kill_worker_1_once(t, backend):
         if not killed:
-            killed["pid"] = backend.call([1], "pid")[1]
+            killed["pid"] = backend.pids([1])[1]
             backend.kill(1)
 
     with Deployment(state, overrides={**ON_RAY, **NO_GATE, "unlearning.method": "rl"},
-                    on_round=kill_worker_1_once) as dep:
+                    hooks=RoundHooks(kill_worker_1_once)) as dep:
         op = dep.delete(ids, mode="approximate")
         final = list(dep.watch(op.id))[-1][1]
         assert final.state == "SUCCEEDED" and "rolled back" in final.message, final.message
-        cert = dep.certificate(op.id)
+        cert = dep.certificate(op.id).to_dict()
         assert cert["mode"] == "exact" and cert["requested_mode"] == "approximate"
         # the round that lost the actor, or the next call on the restarted one (which holds no unlearning job)
         assert re.search(r"died|ActorDied|ActorUnavailable|not unlearning|restarted", cert["phases"][0]["error"]), \
@@ -86,6 +88,6 @@ def test_a_worker_killed_during_an_approximate_update_falls_back_to_exact(state,
         assert pids(dep)[1] != killed["pid"]
         op = dep.delete(trainer_ids(config, 1, seed=92, groups=(1,)), mode="approximate")  # the next one still works
         final = list(dep.watch(op.id))[-1][1]
-        assert final.state == "SUCCEEDED" and dep.certificate(op.id)["mode"] == "approximate", final.message
+        assert final.state == "SUCCEEDED" and dep.certificate(op.id).to_dict()["mode"] == "approximate", final.message
     report = verify_state_dir(state, allow_approximate=True)
     assert report["ok"] and list(report["approximate"]) == ["1"], report

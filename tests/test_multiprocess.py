@@ -23,6 +23,7 @@ cancelled), nor can its cached token be swapped for a private one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -38,7 +39,8 @@ import pytest
 import ray
 
 from ostracon.cluster.config import load
-from ostracon.cluster.training import train
+from ostracon.cluster.execution.hooks import RoundHooks
+from ostracon.cluster.execution.training import train
 
 BIN = os.path.dirname(sys.executable)
 RAY = os.path.join(BIN, "ray") if os.path.exists(os.path.join(BIN, "ray")) else shutil.which("ray")
@@ -124,7 +126,7 @@ class RayNode:
                     "--dashboard-port", str(_free_port())]
         else:
             cmd += ["--address", address]
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - the node writes it until stop() closes it
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True)
 
@@ -146,19 +148,15 @@ class RayNode:
         sid = self.proc.pid
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # --block: the node shuts its processes down on SIGTERM
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass
         deadline = time.monotonic() + STOP_GRACE_S
         while _session_pids(sid) and time.monotonic() < deadline:
             time.sleep(0.2)
         killed = _session_pids(sid)
         for pid in killed:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)
@@ -233,7 +231,7 @@ def make_cluster():
         for cluster in clusters:
             try:
                 cluster.stop()
-            except Exception as exc:  # stop every cluster, then report
+            except Exception as exc:  # noqa: BLE001 - stop every cluster, then report
                 errors.append(exc)
         if errors:
             raise errors[0]
@@ -311,7 +309,7 @@ def test_cli_train_runs_on_an_existing_ray_cluster(make_cluster, tmp_path):
     assert len(workers) == 4, seen
     assert {a["node"] for a in workers} == set(seen["nodes"]), seen
 
-    # Same config and seed on the in-process backend: bit-identical models (design invariant 1),
+    # Same config and seed on the in-process backend: bit-identical models (docs/design.md, invariant 1),
     # now across real processes that joined an external cluster.
     local = train(load(config_path), progress=False)
     assert local.summary["worker_digests"] == summary["worker_digests"]
@@ -337,9 +335,9 @@ def test_spread_placement_uses_both_nodes(make_cluster, tmp_path):
 
     def record_nodes(t, backend):
         if not placed:
-            placed.update(backend.call(sorted(backend.actors), "node_id"))
+            placed.update(backend.nodes(sorted(backend.actors)))
 
-    result = train(config, tmp_path / "run", progress=False, on_round=record_nodes)
+    result = train(config, tmp_path / "run", progress=False, hooks=RoundHooks(record_nodes))
 
     assert sorted(placed) == [0, 1, 2, 3]
     assert set(placed.values()) == cluster_nodes, placed

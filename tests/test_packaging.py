@@ -80,13 +80,13 @@ def test_every_logger_is_under_ostracon():
     names = []
     for package in ("ostracon.aggregator", "ostracon.nodes", "ostracon.cluster"):
         path = importlib.import_module(package).__path__
-        for info in pkgutil.iter_modules(path, prefix=package + "."):
+        for info in pkgutil.walk_packages(path, prefix=package + "."):  # subpackages too (cluster.execution, ...)
             module = importlib.import_module(info.name)
             logger = getattr(module, "log", None)
             if logger is not None:
                 names.append(logger.name)
                 assert logger.name == "ostracon" or logger.name.startswith("ostracon."), info.name
-    assert "ostracon.cluster.training" in names and "ostracon.cluster.ray_backend" in names
+    assert "ostracon.cluster.execution.training" in names and "ostracon.cluster.execution.ray_backend" in names
     assert importlib.import_module("ostracon.cluster.cli").log.name == "ostracon"
 
 

@@ -39,10 +39,10 @@ def _configs():
 def test_unit_hash_matches_the_sha256_definition():
     ids = np.array(["0", "417", "train-12", "ü-unicode"])
     u = unit_hash(ids, 5, "worker")
-    for i, value in zip(ids, u):
+    for i, value in zip(ids, u, strict=True):
         top = int.from_bytes(hashlib.sha256(f"5:worker:{i}".encode()).digest()[:8], "big") >> 11
         assert value == top / 2**53
-    assert u.dtype == np.float64 and ((0 <= u) & (u < 1)).all()
+    assert u.dtype == np.float64 and ((u >= 0) & (u < 1)).all()
 
 
 def test_unit_hash_is_fast_and_uniform():
@@ -81,8 +81,8 @@ def test_ranges_and_test_rows(config):
     train = ~p.is_test
     assert abs(p.is_test.mean() - 0.2) < 0.03
     assert (p.worker[p.is_test] == -1).all() and (p.slice[p.is_test] == -1).all()
-    assert ((0 <= p.worker[train]) & (p.worker[train] < n_workers)).all()
-    assert ((0 <= p.slice[train]) & (p.slice[train] < 4)).all()
+    assert ((p.worker[train] >= 0) & (p.worker[train] < n_workers)).all()
+    assert ((p.slice[train] >= 0) & (p.slice[train] < 4)).all()
 
 
 @settings(max_examples=25, deadline=None)

@@ -10,14 +10,15 @@ import pytest
 import ray
 import torch
 
-from ostracon.cluster.config import ConfigError
-from ostracon.cluster.plan import load_config_dataset, make_plan
-from ostracon.cluster.ray_backend import RayBackend
-from ostracon.cluster.training import train
+from ostracon.cluster.errors import ConfigError
+from ostracon.cluster.execution.hooks import RoundHooks
+from ostracon.cluster.execution.plan import load_config_dataset, make_plan
+from ostracon.cluster.execution.ray_backend import RayBackend
+from ostracon.cluster.execution.training import train
 from ostracon.cluster.unlearning import locate, unlearn_state_dir, verify_state_dir
-from conftest import small_config
-from test_unlearning import SISA, final_thetas, pick_ids
+from ostracon.nodes.worker import Worker
 
+from helpers import SISA, final_thetas, pick_ids, small_config
 
 pytestmark = pytest.mark.usefixtures("ray_runtime")
 
@@ -52,12 +53,12 @@ def test_killed_worker_mid_training_is_redone_exactly_and_verifies(tmp_path):
 
     def kill_worker_2_once(t, backend):
         if t == 15 and "before" not in pids:
-            pids["before"] = backend.call([2], "pid")[2]
+            pids["before"] = backend.pids([2])[2]
             backend.kill(2)
         if t == 35:
-            pids["after"] = backend.call([2], "pid")[2]
+            pids["after"] = backend.pids([2])[2]
 
-    result = train(on_ray(config), tmp_path / "run", progress=False, on_round=kill_worker_2_once)
+    result = train(on_ray(config), tmp_path / "run", progress=False, hooks=RoundHooks(kill_worker_2_once))
     assert pids["before"] != pids["after"]  # a new process: Ray really restarted the actor
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     failures = [f for m in lines for f in m.get("failures", [])]
@@ -80,10 +81,10 @@ def test_killed_worker_mid_replay_still_ends_bit_exact(tmp_path):
 
     def kill_once(t, backend):
         if not killed:
-            killed.append((t, backend.call([victim], "pid")[victim]))
+            killed.append((t, backend.pids([victim])[victim]))
             backend.kill(victim)
 
-    cert = unlearn_state_dir(state, ids, on_round=kill_once)
+    cert = unlearn_state_dir(state, ids, hooks=RoundHooks(kill_once))
     assert killed
     assert any(f["worker"] == victim and f["reason"] == "actor died" for f in cert["failures"]), cert["failures"]
     assert any("redone" in f["reason"] for f in cert["failures"]), cert["failures"]
@@ -124,7 +125,7 @@ def test_straggler_run_with_a_deadline_verifies(tmp_path):
     state = tmp_path / "state"
     result = train(config, state, progress=False)
     assert result.summary["schedule_events"] > 0, "the straggler never missed a deadline"
-    assert set(j for rounds in result.schedule.values() for w in rounds.values() for j in w) == {3}
+    assert {j for rounds in result.schedule.values() for w in rounds.values() for j in w} == {3}
     report = verify_state_dir(state)
     assert report["ok"], report["failures"]
     where = locate(make_plan(config))
@@ -163,14 +164,14 @@ def test_restarted_actor_never_sees_a_deleted_sample(tmp_path):
     backend = RayBackend(on_ray(config))
     try:
         backend.start(plan.specs, plan.data)  # built from the ORIGINAL rows + the store on disk
-        assert victim not in backend.call([1], "data_ids", 0)[1]
-        pid = backend.call([1], "pid")[1]
+        assert victim not in backend.call([1], Worker.data_ids, 0)[1]
+        pid = backend.pids([1])[1]
         backend.kill(1)
         deadline = time.monotonic() + 60
-        while backend.call([1], "pid")[1] == pid:  # control calls wait while Ray restarts the actor
+        while backend.pids([1])[1] == pid:  # control calls wait while Ray restarts the actor
             assert time.monotonic() < deadline, "the actor was not restarted"
             time.sleep(0.2)
-        ids = backend.call([1], "data_ids", 0)[1]
+        ids = backend.call([1], Worker.data_ids, 0)[1]
         assert victim not in ids and len(ids) == len(plan.data[1].ids) - 1
     finally:
         backend.shutdown()

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from ostracon.cluster.ray_logs import relay, stderr_relayed
+from ostracon.cluster.execution.ray_logs import relay, stderr_relayed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OSTRACON = os.path.join(os.path.dirname(sys.executable), "ostracon")
@@ -36,7 +36,7 @@ def test_known_ray_noise_goes_to_debug_and_anything_else_is_a_warning(caplog):
     relay("[2026-01-01 00:00:00,000 E 1 1] core_worker.cc:2465: Actor with class name: 'WorkerActor' and ID: 'x' "
           "has constructor arguments in the object store and max_restarts > 0. If ...")
     relay("\x1b[33m(raylet)\x1b[0m A worker died or was killed while executing a task by an unexpected system error")
-    levels = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ostracon.cluster.ray_logs"]
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ostracon.cluster.execution.ray_logs"]
     assert [lvl for lvl, _ in levels] == [logging.DEBUG, logging.DEBUG, logging.WARNING]
     assert all("\x1b" not in msg for _, msg in levels)
     assert levels[2][1] == "ray: (raylet) A worker died or was killed while executing a task by an unexpected " \
@@ -47,5 +47,5 @@ def test_stderr_written_at_the_file_descriptor_is_relayed_not_lost(caplog):
     caplog.set_level(logging.DEBUG, logger="ostracon")
     with stderr_relayed():
         os.write(2, b"[E core_worker.cc:1] something really failed\n")
-    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ostracon.cluster.ray_logs"]
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ostracon.cluster.execution.ray_logs"]
     assert messages == [(logging.WARNING, "ray: [E core_worker.cc:1] something really failed")]

@@ -59,8 +59,8 @@ from pathlib import Path
 
 import pytest
 
-from ostracon.cluster import config_reference
 from ostracon.cluster.cli import build_parser
+from ostracon.cluster.config import reference as config_reference
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -482,7 +482,7 @@ def config_key_problems(doc: Readme) -> list[str]:
 def test_readme_config_keys_exist():
     assert any(key == "data.split" for key, _ in readme_config_keys(DOC))  # the reader found the prose's keys
     problems = config_key_problems(DOC)
-    assert not problems, ("the README names config keys the schema (cluster/config.py) does not have:\n"
+    assert not problems, ("the README names config keys the schema (cluster/config/schema.py) does not have:\n"
                           + "\n".join(problems))
 
 
@@ -669,7 +669,8 @@ def test_checkers_catch_what_does_not_exist():
     doc = parse_readme(BAD_README)
     commands = "\n".join(command_problems(doc))
     for expected in ("--mode 'fast' is not one of ['approximate', 'approximate_then_exact', 'exact']",
-                     "`ostracon unlearn` has no option --speed", "`ostracon verify` has no option --allow-inexact", "`ostracon serve` has no option --bogus",
+                     "`ostracon unlearn` has no option --speed", "`ostracon verify` has no option --allow-inexact",
+                     "`ostracon serve` has no option --bogus",
                      "`ostracon forget`: no such subcommand"):
         assert expected in commands, commands
     assert "README.md:13 ('OSTRACON_TOKEN=x ostracon serve" in commands  # the line each command is on

@@ -85,7 +85,7 @@ def test_diverged_run_is_scored_zero_not_a_crash(bench, base):
 
 
 def test_honest_split_gives_the_data_to_honest_workers(bench, base):
-    from ostracon.cluster.plan import make_plan
+    from ostracon.cluster.execution.plan import make_plan
 
     def sizes(attack, split):
         plan = make_plan(bench.cell_config(base, attack, "monna", seed=0, rounds=5, split=split))

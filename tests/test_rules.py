@@ -320,7 +320,8 @@ def test_rule_argument_errors(rule):
 @pytest.mark.parametrize(
     "rule, f, good, bad",
     [
-        ("cwtm", 3, 7, 6), ("cwmed", 3, 7, 6), ("meamed", 2, 5, 4), ("mda", 2, 5, 4), ("nna", 2, 5, 4), ("bounded_nna", 2, 5, 4),
+        ("cwtm", 3, 7, 6), ("cwmed", 3, 7, 6), ("meamed", 2, 5, 4), ("mda", 2, 5, 4), ("nna", 2, 5, 4),
+        ("bounded_nna", 2, 5, 4),
         ("geometric_median", 2, 5, 4), ("centered_clipping", 2, 5, 4), ("krum", 2, 7, 6), ("multikrum", 1, 5, 4),
     ],
 )

@@ -22,16 +22,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ostracon.cluster import CoordinatorClient
-from ostracon.cluster.deployment import HOLD_ENV, Deployment
-from ostracon.cluster.ledger import open_ledger
-from ostracon.cluster.plan import make_plan
+from ostracon.cluster.coordinator.deployment import HOLD_ENV, Deployment
+from ostracon.cluster.execution.plan import make_plan
 from ostracon.cluster.service.server import CoordinatorServer
 from ostracon.cluster.service.tensors import encode
+from ostracon.cluster.storage.ledger import open_ledger
 from ostracon.cluster.unlearning import verify_state_dir
 from ostracon.v1 import coordinator_pb2 as pb
 from ostracon.v1 import coordinator_pb2_grpc as pb_grpc
-from test_deletion_core import assert_consistent, retrain_digests, trainer_ids
-from test_unlearning import tree_bytes
+
+from helpers import assert_consistent, retrain_digests, trainer_ids, tree_bytes
 
 TOKEN = "t0ken-for-tests"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -439,15 +439,15 @@ def test_kill_9_of_the_server_with_running_and_pending_deletions_then_restart_co
     # Every acknowledged deletion is durable: RUNNING (carried by the one unfinished ledger request) or PENDING.
     rows = _journal_rows(state)
     assert {o: r[:2] for o, r in rows.items()} == {o: (s, acknowledged[o]) for o, s in
-                                                  zip(acknowledged, ["RUNNING"] + ["PENDING"] * 3)}
+                                                  zip(acknowledged, ["RUNNING"] + ["PENDING"] * 3, strict=True)}
     with open_ledger(state, readonly=True) as ledger:
-        assert [r.ids for r in ledger.requests(unfinished_only=True)] == [[ids[0]]]
+        assert [list(r.ids) for r in ledger.requests(unfinished_only=True)] == [[ids[0]]]
 
     restarted = _start_server(state, env, tmp_path / "restart.log")
     try:
         with CoordinatorClient(_address_of(restarted, tmp_path / "restart.log"), timeout=120) as client:
             finals = {o: list(client.watch(o))[-1][1] for o in acknowledged}
-            assert {o: op["state"] for o, op in finals.items()} == {o: "SUCCEEDED" for o in acknowledged}
+            assert {o: op["state"] for o, op in finals.items()} == dict.fromkeys(acknowledged, "SUCCEEDED")
             certificates = {o: client.certificate(o) for o in acknowledged}
             assert len(client.operations(page_size=100)[0]) == len(acknowledged), "no operation was duplicated"
     finally:

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from ostracon.cluster import CoordinatorClient
-from ostracon.cluster.deployment import Deployment
-from ostracon.cluster.ledger import open_ledger
-from ostracon.cluster.plan import load_config_dataset, make_plan
+from ostracon.cluster.coordinator.deployment import Deployment
+from ostracon.cluster.execution.plan import load_config_dataset, make_plan
+from ostracon.cluster.execution.training import train
 from ostracon.cluster.service.server import CoordinatorServer
-from ostracon.cluster.training import train
-from conftest import small_config
-from test_deletion_core import trainer_ids
-from test_unlearning import SISA
+from ostracon.cluster.storage.ledger import open_ledger
+
+from helpers import SISA, small_config, trainer_ids
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +39,7 @@ def state(tmp_path_factory, config):
 def actor_identities(dep) -> dict[int, tuple[str, int]]:
     """(Ray actor id, process id) of every worker actor the deployment holds."""
     backend = dep._live.backend
-    pids = backend.call(sorted(backend.actors), "pid")
+    pids = backend.pids(sorted(backend.actors))
     return {j: (actor._actor_id.hex(), pids[j]) for j, actor in backend.actors.items()}
 
 
@@ -93,5 +92,5 @@ def test_delete_over_grpc_on_ray_is_exact_serves_the_new_version_and_starts_no_a
     with open_ledger(state, readonly=True) as ledger:
         _, record = ledger.latest_version()
         assert set(ledger.deletions()) == set(ids)
-    assert record["group_digests"] == reference["group_digests"]
-    assert record["worker_digests"] == reference["worker_digests"]
+    assert record.group_digests == reference["group_digests"]
+    assert record.worker_digests == reference["worker_digests"]

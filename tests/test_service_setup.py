@@ -125,7 +125,7 @@ def test_serve_refuses_a_public_address_without_a_token_before_touching_the_stat
 def test_tls_server_and_client_with_a_self_signed_certificate(tmp_path):
     import shutil
 
-    from ostracon.cluster.deployment import Deployment
+    from ostracon.cluster.coordinator.deployment import Deployment
     from ostracon.cluster.service.client import CoordinatorClient, CoordinatorError
     from ostracon.cluster.service.server import CoordinatorServer
 

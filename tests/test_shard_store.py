@@ -1,4 +1,4 @@
-"""ShardStore on real files: deleted samples are durably and physically gone (DESIGN invariant 3)."""
+"""ShardStore on real files: deleted samples are durably and physically gone (docs/design.md, invariant 3)."""
 
 from __future__ import annotations
 
@@ -71,15 +71,15 @@ def test_view_filters_by_slice_and_keeps_id_order():
     store = ShardStore.from_arrays(*rows)
     for max_slice in range(3):
         ids, features, labels = store.view(max_slice)
-        expected = sorted(i for i, s in zip(rows[0], rows[3]) if s <= max_slice)
+        expected = sorted(i for i, s in zip(rows[0], rows[3], strict=True) if s <= max_slice)
         assert list(ids) == expected
-        for sample_id, x, y in zip(ids, features, labels):
+        for sample_id, x, y in zip(ids, features, labels, strict=True):
             j = list(rows[0]).index(sample_id)
             assert np.array_equal(x, rows[1][j]) and y == rows[2][j]
     # Order comes from the ids, never from the source order.
     perm = np.random.default_rng(5).permutation(N)
     other = ShardStore.from_arrays(*(a[perm] for a in rows))
-    assert all(np.array_equal(a, b) for a, b in zip(other.view(1), store.view(1)))
+    assert all(np.array_equal(a, b) for a, b in zip(other.view(1), store.view(1), strict=True))
     assert len(store.view(-1)[0]) == 0
 
 

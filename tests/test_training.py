@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from ostracon.cluster.statedir import StateDirError
-from ostracon.cluster.training import train
-from conftest import small_config
+from ostracon.cluster.execution.training import train
+from ostracon.cluster.storage.statedir import StateDirError
+
+from helpers import small_config
 
 
 def test_monna_trains_digits_and_writes_outputs(tmp_path):
@@ -127,8 +128,8 @@ def test_bucketing_is_seeded_and_a_shrunken_round_keeps_training(tmp_path):
 
 def test_mimic_variant_attacker_resumes_bit_identically_from_its_state():
     # Exact replay restarts workers from get_state(): the attacker's warm-up state must come back too.
-    from ostracon.cluster.backends import build_worker
-    from ostracon.cluster.plan import make_plan
+    from ostracon.cluster.execution.backend import build_worker
+    from ostracon.cluster.execution.plan import make_plan
 
     plan = make_plan(small_config(byzantine={"count": 1, "behaviour": "mimic_variant", "params": {"warmup": 4}}))
     attacker = plan.specs[plan.attackers(0)[0]]
@@ -146,7 +147,8 @@ def test_mimic_variant_attacker_resumes_bit_identically_from_its_state():
     assert all(v.dtype == np.float32 for v in state.values())
     resumed = build_worker(attacker, plan.data[attacker.index])
     resumed.set_state(state)
-    assert all(np.array_equal(a, b) for a, b in zip(full[3:], [resumed.attack(vectors[t], t) for t in range(3, 8)]))
+    later = [resumed.attack(vectors[t], t) for t in range(3, 8)]
+    assert all(np.array_equal(a, b) for a, b in zip(full[3:], later, strict=True))
     fresh = build_worker(attacker, plan.data[attacker.index])  # without the state it may pick differently
     assert fresh.get_state().keys() == {"theta", "momentum"}
     # after the warm-up (4 rounds) the target is fixed: the copy follows one honest index

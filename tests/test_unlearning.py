@@ -4,61 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from ostracon.cluster.checkpoints import CheckpointStore
-from ostracon.cluster.plan import ids_digest, load_config_dataset, make_plan
-from ostracon.cluster.training import train
+from ostracon.cluster.execution.plan import ids_digest, load_config_dataset, make_plan
+from ostracon.cluster.execution.training import train
+from ostracon.cluster.storage.checkpoints import CheckpointStore
 from ostracon.cluster.unlearning import UnlearningError, locate, unlearn_state_dir, verify_state_dir
-from conftest import SISA, small_config
 from ostracon.nodes.shard_store import ShardStore
 
+from helpers import SISA, final_thetas, pick_ids, small_config, tree_bytes
 
 
 @pytest.fixture(scope="module")
 def sisa_config():
     return small_config(**SISA)
-
-
-def pick_ids(config, count, seed, groups=None):
-    """``count`` random training ids, spread over every group."""
-    where = locate(make_plan(config))
-    rng = np.random.default_rng(seed)
-    ids = sorted(where)
-    chosen: list[str] = []
-    groups = groups if groups is not None else range(config.unlearning.groups)
-    for g in groups:  # at least one per group
-        candidates = [i for i in ids if where[i][0] == g]
-        chosen.append(candidates[rng.integers(len(candidates))])
-    while len(chosen) < count:
-        i = ids[rng.integers(len(ids))]
-        if i not in chosen:
-            chosen.append(i)
-    return chosen
-
-
-def final_thetas(state_dir, config) -> dict[int, torch.Tensor]:
-    store = CheckpointStore(state_dir)
-    last = config.unlearning.slices - 1
-    out = {}
-    for g in range(config.unlearning.groups):
-        for j, w in store.load(g, last)["workers"].items():
-            out[int(j)] = w["theta"]
-    return out
-
-
-def tree_bytes(root) -> dict[str, bytes]:
-    out = {}
-    for base, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, root)] = fh.read()
-    return out
 
 
 def test_exact_deletion_is_bit_identical_to_retraining(tmp_path, sisa_config):
@@ -116,7 +78,7 @@ def test_deleted_data_is_gone_from_disk(tmp_path, sisa_config):
     for i, feature_bytes in rows.items():
         assert feature_bytes not in blob, f"features of deleted id {i} still on disk"
     # No store holds the ids any more (only the tombstone log names them).
-    for j, d in plan.data.items():
+    for d in plan.data.values():
         store = ShardStore.open(d.store_path)
         assert not set(ids) & set(store.ids.tolist())
     # Every live checkpoint's data digest is the digest of the surviving ids its training workers hold.
@@ -125,7 +87,7 @@ def test_deleted_data_is_gone_from_disk(tmp_path, sisa_config):
         for stage in range(4):
             surviving = [i for i, (gg, w, s) in where.items()
                          if gg == g and s <= stage and i not in ids and plan.specs[w].trains]
-            assert store.load(g, stage)["data_digest"] == ids_digest(surviving)
+            assert torch.load(store.path(g, stage), weights_only=True)["data_digest"] == ids_digest(surviving)
     # Superseded checkpoints are gone: no file holds their bytes any more.
     after = {hashlib.sha256(b).hexdigest() for p, b in files.items() if p.endswith(".pt")}
     superseded = {p for g, row in cert["groups"].items() for p in
@@ -260,7 +222,7 @@ def test_a_stateful_attacker_is_checkpointed_so_replays_stay_exact(tmp_path):
     plan = make_plan(config)
     where = locate(plan)
     attacker = plan.attackers(0)[0]
-    assert attacker in {int(j) for j in CheckpointStore(state).load(0, 1)["workers"]}
+    assert attacker in CheckpointStore(state).states(0, 1)
     late = [i for i, (g, j, s) in sorted(where.items()) if g == 0 and s == 3 and plan.specs[j].trains][:2]
     cert = unlearn_state_dir(state, late)
     assert cert["groups"]["0"]["restarted_from_stage"] == 3

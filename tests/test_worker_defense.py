@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ostracon.cluster.backends import LocalBackend
-from ostracon.cluster.plan import make_plan
-from conftest import small_config
+from ostracon.cluster.execution.backend import LocalBackend
+from ostracon.cluster.execution.plan import make_plan
+
+from helpers import small_config
 
 
 @pytest.mark.parametrize("protocol, rule", [("monna", "nna"), ("server", "cwtm")])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Mapping
 
 import grpc
 
@@ -18,10 +19,10 @@ OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflect
                  "grpc.reflection.v1.ServerReflection")
 
 
-def load_token(token_file: str | None = None, environ: dict | None = None) -> str | None:
+def load_token(token_file: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """The token of ``token_file`` (which wins) or of ``$OSTRACON_TOKEN``, surrounding whitespace stripped;
     None when neither is given."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as fh:
@@ -34,8 +35,8 @@ def load_token(token_file: str | None = None, environ: dict | None = None) -> st
         except UnicodeDecodeError:
             raise RequestError(f"--token-file {token_file}: not UTF-8 text") from None
         return _checked(token, f"--token-file {token_file}")
-    if environ.get(TOKEN_ENV) is not None:
-        return _checked(environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}")
+    if env.get(TOKEN_ENV) is not None:
+        return _checked(env[TOKEN_ENV].strip(), f"${TOKEN_ENV}")
     return None
 
 

@@ -30,12 +30,11 @@ from ostracon.v1 import coordinator_pb2 as pb
 from ostracon.v1 import coordinator_pb2_grpc as pb_grpc
 
 from ..errors import OstraconError, RequestError
+from ..vocabulary import DeletionMode, OperationState
 from .auth import bearer_metadata
 from .server import CHANNEL_OPTIONS
-from .servicer import FINAL_STATES, MODE_ENUMS, SERVICE_NAME
+from .servicer import MODE_ENUMS, MODES, SERVICE_NAME
 from .tensors import decode, encode
-
-MODES = tuple(MODE_ENUMS)
 
 
 class CoordinatorError(OstraconError, grpc.RpcError):
@@ -59,7 +58,7 @@ def operation_dict(op: pb.Operation) -> dict:
             "progress": op.progress, "message": op.message, "sample_ids": list(op.sample_ids),
             "create_time": op.create_time.ToNanoseconds() / 1e9,
             "update_time": op.update_time.ToNanoseconds() / 1e9, "model_version": op.model_version,
-            "mode": pb.DeletionMode.Name(op.mode).removeprefix("DELETION_MODE_").lower()}
+            "mode": MODES[op.mode].value}
 
 
 class CoordinatorClient:
@@ -83,7 +82,7 @@ class CoordinatorClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "CoordinatorClient":
+    def __enter__(self) -> CoordinatorClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -98,17 +97,17 @@ class CoordinatorClient:
     def _error(self, exc: grpc.RpcError) -> CoordinatorError:
         return CoordinatorError(exc.code(), exc.details() or "", self.target)
 
-    def delete(self, ids, mode: str = "exact", method: str = "", idempotency_key: str = "",
+    def delete(self, ids, mode: str = DeletionMode.EXACT, method: str = "", idempotency_key: str = "",
                wait: bool = False) -> dict:
         """Queue a deletion of ``ids``; with ``wait``, follow it to its final state and return that."""
-        if mode not in MODE_ENUMS:
-            raise RequestError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
-        request = pb.DeleteRequest(sample_ids=list(ids), mode=MODE_ENUMS[mode], method=method,
+        if mode not in DeletionMode.values():
+            raise RequestError(f"mode: {mode!r} is not one of {', '.join(DeletionMode.values())}")
+        request = pb.DeleteRequest(sample_ids=list(ids), mode=MODE_ENUMS[DeletionMode(mode)], method=method,
                                    idempotency_key=idempotency_key)
         op = operation_dict(self._unary(self._stub.Delete, request))
         if wait:
-            for _, op in self.watch(op["id"]):
-                pass
+            for _, event in self.watch(op["id"]):
+                op = event
         return op
 
     def operation(self, op_id: str) -> dict:
@@ -136,7 +135,7 @@ class CoordinatorClient:
                     after = event.sequence
                     op = operation_dict(event.operation)
                     yield event.sequence, op
-                    if op["state"] in FINAL_STATES:
+                    if OperationState(op["state"]).is_final:
                         return
                 return  # the server ended the stream: nothing after ``after`` will come
             except grpc.RpcError as exc:

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ostracon.nodes.durable import write_bytes_atomic
 from ostracon.v1 import coordinator_pb2_grpc as pb_grpc
 
 from ..errors import ConfigError, RequestError, StateDirError
@@ -60,7 +61,7 @@ def tls_credentials(cert_file: str | None, key_file: str | None) -> grpc.ServerC
     """Server TLS from PEM files (both or neither)."""
     if (cert_file is None) != (key_file is None):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
-    if cert_file is None:
+    if cert_file is None or key_file is None:
         return None
     pems = []
     for option, path in (("--tls-key", key_file), ("--tls-cert", cert_file)):
@@ -114,11 +115,7 @@ class CoordinatorServer:
 def write_server_json(state_dir: str, address: str) -> str:
     """``{"address", "pid"}``, replaced atomically so a reader never sees half a file."""
     path = os.path.join(state_dir, SERVER_JSON)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"address": address, "pid": os.getpid()}, fh)
-        fh.write("\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, (json.dumps({"address": address, "pid": os.getpid()}) + "\n").encode())
     return path
 
 
@@ -140,7 +137,7 @@ def serve(state_dir: str, *, config_path: str | None = None, overrides: dict | N
     out = out or sys.stdout
     credentials = tls_credentials(tls_cert, tls_key)
     check_bind_allowed(host, token)  # before anything loads or locks
-    from ..deployment import Deployment
+    from ..coordinator.deployment import Deployment
 
     deployment = Deployment(state_dir, config_path=config_path, overrides=overrides,
                             max_ids_per_request=max_ids_per_request)

@@ -1,4 +1,4 @@
-"""``ostracon.v1.Coordinator`` over a :class:`~ostracon.cluster.deployment.Deployment`.
+"""``ostracon.v1.Coordinator`` over a :class:`~ostracon.cluster.coordinator.deployment.Deployment`.
 
 Each RPC checks the request's shape (naming the field), calls the deployment, and turns its errors
 into status codes (:mod:`.statuses`); the deployment checks the meaning (unknown ids, held-out ids,
@@ -14,21 +14,22 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ostracon.v1 import coordinator_pb2 as pb
 from ostracon.v1 import coordinator_pb2_grpc as pb_grpc
 
+from ..coordinator.journal import Operation
+from ..coordinator.status import ClusterStatus
 from ..errors import RequestError
+from ..storage.records import Certificate, NothingToDelete
+from ..vocabulary import DeletionMode
 from .statuses import status_for
 from .tensors import decode_inputs, encode
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # "ostracon.v1.Coordinator"
-FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 WATCH_POLL_S = 1.0  # a watch wakes this often to notice a client that went away
 DEFAULT_PAGE_SIZE = 50
 
-MODES = {pb.DELETION_MODE_UNSPECIFIED: "exact",  # the server's default
-         pb.DELETION_MODE_EXACT: "exact",
-         pb.DELETION_MODE_APPROXIMATE: "approximate",
-         pb.DELETION_MODE_APPROXIMATE_THEN_EXACT: "approximate_then_exact"}
-MODE_ENUMS = {"exact": pb.DELETION_MODE_EXACT, "approximate": pb.DELETION_MODE_APPROXIMATE,
-              "approximate_then_exact": pb.DELETION_MODE_APPROXIMATE_THEN_EXACT}
+# The wire enums spell the vocabulary's members: DELETION_MODE_<NAME>, OPERATION_STATE_<VALUE>.
+MODE_ENUMS = {mode: pb.DeletionMode.Value(f"DELETION_MODE_{mode.name}") for mode in DeletionMode}
+MODES = {pb.DELETION_MODE_UNSPECIFIED: DeletionMode.EXACT,  # the server's default
+         **{number: mode for mode, number in MODE_ENUMS.items()}}
 
 
 class CallAborted(Exception):
@@ -41,32 +42,28 @@ def timestamp(unix_seconds: float) -> Timestamp:
     return ts
 
 
-def operation_proto(op) -> pb.Operation:
+def operation_proto(op: Operation) -> pb.Operation:
     """A deployment ``Operation`` as ``ostracon.v1.Operation`` (mode as applied; times as Timestamps)."""
     return pb.Operation(id=op.id, state=pb.OperationState.Value(f"OPERATION_STATE_{op.state}"),
                         progress=float(op.progress), message=op.message, sample_ids=list(op.sample_ids),
                         create_time=timestamp(op.create_time), update_time=timestamp(op.update_time),
-                        model_version=int(op.model_version), mode=MODE_ENUMS.get(op.mode, pb.DELETION_MODE_EXACT))
+                        model_version=int(op.model_version), mode=MODE_ENUMS[op.mode])
 
 
-def certificate_proto(operation_id: str, cert: dict) -> pb.DeletionCertificate:
+def certificate_proto(operation_id: str, cert: Certificate | NothingToDelete) -> pb.DeletionCertificate:
     """The certificate covering ``operation_id``; ``json`` is the certificate as written to disk."""
-    from ..unlearning.certificates import encode as encode_certificate
-
-    on_disk = {k: v for k, v in cert.items() if k != "certificate_path"}  # added after reading, not stored
-    version = cert.get("model_version", 0)  # a no-op certificate names one version
+    if isinstance(cert, NothingToDelete):  # nothing changed: one version, nothing deleted, nothing stored
+        return pb.DeletionCertificate(operation_id=operation_id, mode=MODE_ENUMS[cert.mode],
+                                      model_version_before=cert.model_version,
+                                      model_version_after=cert.model_version, json=cert.to_json())
     return pb.DeletionCertificate(
-        operation_id=operation_id, mode=MODE_ENUMS.get(cert.get("mode", "exact"), pb.DELETION_MODE_EXACT),
-        sample_ids=list(cert.get("deleted", [])),
-        model_version_before=int(cert.get("model_version_before", version)),
-        model_version_after=int(cert.get("model_version_after", version)),
-        group_digests={str(g): str(d) for g, d in cert.get("group_digests", {}).items()},
-        gradient_evaluations=int(cert.get("gradient_evaluations", 0)),
-        full_retrain_gradient_evaluations=int(cert.get("full_retrain_gradient_evaluations", 0)),
-        json=encode_certificate(on_disk))
+        operation_id=operation_id, mode=MODE_ENUMS[cert.mode], sample_ids=list(cert.deleted),
+        model_version_before=cert.model_version_before, model_version_after=cert.model_version_after,
+        group_digests=dict(cert.group_digests), gradient_evaluations=cert.cost.gradient_evaluations,
+        full_retrain_gradient_evaluations=cert.cost.full_retrain_gradient_evaluations, json=cert.to_json())
 
 
-def cluster_status_proto(status) -> pb.ClusterStatus:
+def cluster_status_proto(status: ClusterStatus) -> pb.ClusterStatus:
     workers = [pb.WorkerStatus(index=w.index, group=w.group, byzantine=bool(w.byzantine), alive=bool(w.alive),
                                restarts=w.restarts, node=str(w.node or "")) for w in status.workers]
     return pb.ClusterStatus(workers=workers, model_version=int(status.model_version),
@@ -82,7 +79,7 @@ def _abort_for(context: grpc.ServicerContext, exc: BaseException):
     _abort(context, *status_for(exc))
 
 
-def validate_delete(request: pb.DeleteRequest) -> tuple[list[str], str]:
+def validate_delete(request: pb.DeleteRequest) -> tuple[list[str], DeletionMode]:
     """(ids, mode) of a well-formed DeleteRequest; :class:`RequestError` naming the field otherwise."""
     if not request.sample_ids:
         raise RequestError("sample_ids: empty; give at least one sample id")
@@ -115,7 +112,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self._ready(context)
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # every error becomes a status; bugs are INTERNAL and logged
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status; bugs are INTERNAL and logged
             _abort_for(context, exc)
 
     def Delete(self, request, context):
@@ -152,9 +149,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 for sequence, op in self.deployment.watch(op_id, after_sequence=after, timeout=WATCH_POLL_S):
                     yield pb.OperationEvent(sequence=sequence, operation=operation_proto(op))
                     after = sequence
-                    if op.state in FINAL_STATES:
+                    if op.done:
                         return
-                if self.deployment.operation(op_id).state in FINAL_STATES:
+                if self.deployment.operation(op_id).done:
                     # Final, yet not seen here: either resumed after the final event (nothing left), or it
                     # became final just now; one more pass replays whatever is stored, then ends.
                     for sequence, op in self.deployment.watch(op_id, after_sequence=after, timeout=0):
@@ -162,7 +159,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                     return
             except TimeoutError:
                 continue  # no event within the poll interval: check the client is still there
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - as in _call: a status, never a dropped stream
                 _abort_for(context, exc)
 
     def GetCertificate(self, request, context):

@@ -6,8 +6,18 @@ import logging
 
 import grpc
 
-from ..errors import (ClusterError, ConfigError, HeldOutIdsError, IdempotencyConflictError, OperationNotFoundError,
-                      OstraconError, PreconditionError, RequestError, StateDirError, UnknownIdsError)
+from ..errors import (
+    ClusterError,
+    ConfigError,
+    HeldOutIdsError,
+    IdempotencyConflictError,
+    OperationNotFoundError,
+    OstraconError,
+    PreconditionError,
+    RequestError,
+    StateDirError,
+    UnknownIdsError,
+)
 
 log = logging.getLogger("ostracon.cluster.service")
 

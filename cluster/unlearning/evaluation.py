@@ -28,12 +28,15 @@ metric that needs the probability values themselves (``MIA``, the mean confidenc
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
 from ostracon.nodes.worker import WorkerSpec, probabilities_model
+
+from ..vocabulary import DeletionMode
 
 __all__ = ["METRIC_KEYS", "GAP_KEYS", "probabilities", "true_class_confidence", "accuracy", "mia_efficacy",
            "unlearning_metrics", "gaps", "kl_divergence", "compare_to_exact"]
@@ -46,7 +49,7 @@ KL_EPS = 1e-12
 # Attack model of SVC_MIA (Unlearn-Sparse / SalUn).
 SVC_PARAMS = {"C": 3, "gamma": "auto", "kernel": "rbf"}
 
-Split = tuple  # (features (n, *input_shape), labels int (n,))
+Split: TypeAlias = tuple[np.ndarray, np.ndarray]  # (features (n, *input_shape), labels int (n,))
 
 
 # --------------------------------------------------------------------- model outputs
@@ -83,7 +86,8 @@ def true_class_confidence(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     The membership feature of ``SVC_MIA`` (Unlearn-Sparse: ``torch.gather(prob, 1, labels[:, None])``).
     NaN for a non-finite row."""
     probs, labels = _check_probs_labels(probs, labels)
-    return probs[np.arange(len(labels)), labels].astype(np.float64)
+    conf: np.ndarray = probs[np.arange(len(labels)), labels].astype(np.float64)
+    return conf
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -151,7 +155,7 @@ def mia_efficacy(conf_retain: np.ndarray, conf_test: np.ndarray, conf_forget: np
 
 def unlearning_metrics(spec: WorkerSpec, theta: np.ndarray, forget: Split, retain: Split, test: Split, *,
                        seed: int = 0, max_retain: int = 5000, max_per_class: int = 2000,
-                       batch_size: int = BATCH_SIZE) -> dict:
+                       batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """``UA``, ``RA``, ``TA``, ``MIA`` and mean confidences of one model (Jia et al. 2023, SalUn, Sec. 5).
 
     ``forget``, ``retain``, ``test`` are ``(features, labels)`` pairs. Returns floats in ``[0, 1]``
@@ -171,12 +175,12 @@ def unlearning_metrics(spec: WorkerSpec, theta: np.ndarray, forget: Split, retai
                     max_per_class=max_per_class)
 
 
-def _evaluate(model, num_classes: int, forget: Split, retain: Split, test: Split, seed: int, max_retain: int,
-              batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _evaluate(model: torch.nn.Module, num_classes: int, forget: Split, retain: Split, test: Split, seed: int,
+              max_retain: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``[(probs, labels)]`` for the forget set, the retain subsample and the test set."""
     if max_retain < 1:
         raise ValueError(f"max_retain must be >= 1, got {max_retain}")
-    out = []
+    out: list[tuple[np.ndarray, np.ndarray]] = []
     for name, split in (("forget", forget), ("retain", retain), ("test", test)):
         features, labels = split
         labels = np.asarray(labels)
@@ -189,7 +193,9 @@ def _evaluate(model, num_classes: int, forget: Split, retain: Split, test: Split
     return out
 
 
-def _metrics(forget, retain, test, *, finite_theta: bool, seed: int, max_per_class: int) -> dict:
+def _metrics(forget: tuple[np.ndarray, np.ndarray], retain: tuple[np.ndarray, np.ndarray],
+             test: tuple[np.ndarray, np.ndarray], *, finite_theta: bool, seed: int,
+             max_per_class: int) -> dict[str, Any]:
     (pf, yf), (pr, yr), (pt, yt) = forget, retain, test
     conf_f, conf_r, conf_t = true_class_confidence(pf, yf), true_class_confidence(pr, yr), true_class_confidence(pt, yt)
     finite = finite_theta and all(np.isfinite(p).all() for p in (pf, pr, pt))
@@ -211,7 +217,7 @@ def _mean(values: np.ndarray) -> float:
 # --------------------------------------------------------------------- against the exact model
 
 
-def gaps(approx: Mapping[str, float], exact: Mapping[str, float], keys: Sequence[str] = GAP_KEYS) -> dict:
+def gaps(approx: Mapping[str, float], exact: Mapping[str, float], keys: Sequence[str] = GAP_KEYS) -> dict[str, float]:
     """Per-metric gaps ``100 * |approx[k] - exact[k]|`` (percentage points) and ``avg_gap``, their mean.
 
     ``avg_gap`` is the "Avg. Gap" of SalUn's tables (over UA, RA, TA and MIA-efficacy, the exactly
@@ -247,7 +253,7 @@ def kl_divergence(p_ref: np.ndarray, p: np.ndarray) -> float:
 
 def compare_to_exact(spec: WorkerSpec, theta_approx: np.ndarray, theta_exact: np.ndarray, forget: Split,
                      retain: Split, test: Split, *, seed: int = 0, max_retain: int = 5000,
-                     max_per_class: int = 2000, batch_size: int = BATCH_SIZE) -> dict:
+                     max_per_class: int = 2000, batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """An approximately unlearned model against the exactly unlearned one (retrained without ``forget``).
 
     Returns ``{"approx": metrics, "exact": metrics, "gaps": {UA, RA, TA, MIA, avg_gap}, "avg_gap",
@@ -256,7 +262,7 @@ def compare_to_exact(spec: WorkerSpec, theta_approx: np.ndarray, theta_exact: np
     forget and the test set (SalUn compares output distributions to Retrain's the same way)."""
     results = {}
     probs = {}
-    for name, theta in (("approx", theta_approx), ("exact", theta_exact)):
+    for name, theta in (("approx", theta_approx), (DeletionMode.EXACT.value, theta_exact)):
         model = probabilities_model(spec, theta)
         outputs = _evaluate(model, spec.num_classes, forget, retain, test, seed, max_retain, batch_size)
         results[name] = _metrics(*outputs, finite_theta=bool(np.isfinite(np.asarray(theta)).all()), seed=seed,

@@ -10,7 +10,8 @@ are promoted over the old checkpoints (which trained on the deleted ids, and are
 version and the certificate are committed to the ledger in one transaction, and ``state.json``, the
 certificate file and the run's outputs are derived from it.
 
-Steps (``faults.point`` names): ``deletion.journaled`` -> ``deletion.tombstoned:worker-J`` ... ->
+Steps (``faults.point`` names; docs/design.md, "Durable-step order"): ``deletion.journaled`` ->
+``deletion.tombstoned:worker-J`` ... ->
 ``deletion.tombstoned`` -> ``deletion.replayed:group-G/stage-S`` ... ->
 ``deletion.promoted:group-G/stage-S`` ... -> ``deletion.published`` -> ``deletion.state_json`` ->
 ``deletion.certificate`` -> ``deletion.done``. A crash anywhere before ``published`` is finished by
@@ -21,27 +22,38 @@ models do not all agree on.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-from ostracon.nodes.models import parameter_digest
-from ostracon.nodes.worker import evaluate
+from ostracon.nodes.worker import Worker, evaluate
 
 from .. import faults
-from ..backends import Backend, make_backend
-from ..checkpoints import CheckpointError
-from ..ensemble import ensemble_accuracy
-from ..ledger import APPROXIMATED, DONE, JOURNALED, PUBLISHED, TOMBSTONED, Request
-from ..protocols import Session, elapsed
-from ..training import _stats, _write_json, as_tensor, served_worker, write_accuracy_plot, write_state_json, plot_title
+from ..execution.backend import Backend, make_backend
+from ..execution.ensemble import ensemble_accuracy
+from ..execution.hooks import NO_HOOKS, Hooks
+from ..execution.session import Session, elapsed
+from ..execution.training import plot_title, served_worker, stats
+from ..storage.checkpoints import CheckpointError
+from ..storage.outputs import update_outputs, write_state_json
+from ..storage.records import Certificate, CheckpointInfo, Cost, Request, VersionRecord, checkpoint_key
+from ..vocabulary import DeletionMode, PhaseOutcome, RequestStep
 from . import certificates
 from .gate import group_data, group_metrics, summarize
-from .state import TrainedState, approximate_problems, checkpoint_problems, forget_by_group, sync_stores
+from .trained import (
+    TrainedState,
+    approximate_problems,
+    checkpoint_problems,
+    digests,
+    final_thetas,
+    forget_by_group,
+    published_states,
+    sync_stores,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +61,18 @@ REPLAY_SUFFIX = ".replay"
 NO_REPLAY_REASON = "held by a Byzantine worker whose behaviour never reads its data: no model depends on it"
 GUARANTEE = ("exact: every published model is bit-identical to a retrain from scratch without the deleted ids "
              "(same config, seed and recorded schedule); `ostracon verify` recomputes it")
-INTERRUPTED = ("the approximate update was interrupted before it was published (or the process restarted); "
-               "the request was carried out exactly")
+INTERRUPTED = (f"the approximate update was {PhaseOutcome.INTERRUPTED} before it was published (or the process "
+               "restarted); the request was carried out exactly")
+
+__all__ = ["LiveWorkers", "ReplayResult", "abandon_request", "evaluate_version", "finish_published",
+           "published_states", "recover", "replay_groups", "run_request", "start_workers"]
 
 
 @dataclass
 class ReplayResult:
-    checkpoints: dict[tuple[int, int], dict] = field(default_factory=dict)
+    checkpoints: dict[tuple[int, int], CheckpointInfo] = field(default_factory=dict)
     gradient_evaluations: int = 0
-    failures: list[dict] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -66,33 +81,29 @@ class LiveWorkers:
     start (stage-0 replays begin there). Whoever started it owns it: replays never stop it."""
 
     backend: Backend
-    initial: dict[int, dict]
-
-    def reopen_stores(self, workers) -> None:
-        """Make the live workers re-read their stores from disk after the driver changed them."""
-        if workers:
-            self.backend.call(sorted(workers), "reopen_store")
+    initial: dict[int, dict[str, np.ndarray]]
 
 
-def start_workers(st: TrainedState, groups=None, backend: Backend | None = None) -> LiveWorkers:
+def start_workers(st: TrainedState, groups: Sequence[int] | Mapping[int, int] | None = None,
+                  backend: Backend | None = None) -> LiveWorkers:
     """Start the workers of ``groups`` (all by default) on ``backend`` (the config's by default)."""
     plan = st.plan
-    groups = plan.groups if groups is None else sorted(groups)
+    chosen = plan.groups if groups is None else sorted(groups)
     backend = backend or make_backend(st.config)
-    backend.start([s for s in plan.specs if s.group in groups], plan.data)
+    backend.start([s for s in plan.specs if s.group in chosen], plan.data)
     try:
-        initial = backend.call([j for g in groups for j in plan.stateful(g)], "get_state")
+        initial = backend.call([j for g in chosen for j in plan.stateful(g)], Worker.get_state)
     except BaseException:
         backend.shutdown()
         raise
     return LiveWorkers(backend, initial)
 
 
-def replay_groups(st: TrainedState, starts: dict[int, int], live: LiveWorkers, on_round=None,
-                  on_stage=None) -> ReplayResult:
+def replay_groups(st: TrainedState, starts: Mapping[int, int], live: LiveWorkers,
+                  hooks: Hooks = NO_HOOKS) -> ReplayResult:
     """Replay each group ``g`` of ``starts`` from stage ``starts[g]`` with the recorded schedule on the
     started workers of ``live``, writing staged checkpoints (``*.replay``); a worker failure redoes the
-    group's stage. ``on_stage(stage, first, last)`` is told when each stage is checkpointed."""
+    group's stage. ``hooks.on_stage`` is told when each stage is checkpointed."""
     config, plan = st.config, st.plan
     backend = live.backend
     _, record = st.ledger.latest_version()
@@ -100,35 +111,23 @@ def replay_groups(st: TrainedState, starts: dict[int, int], live: LiveWorkers, o
     result = ReplayResult()
     session = Session(plan, backend, schedule=st.ledger.schedule(), replay_schedule=True,
                       max_stage_attempts=config.backend.max_restarts + 1)
-    states: dict[int, dict] = {}
+    states: dict[int, dict[str, np.ndarray]] = {}
     first, last = min(starts.values()), config.unlearning.slices - 1
     for stage in range(first, last + 1):
         for g in sorted(g for g, k in starts.items() if k == stage):
             if stage == 0:
                 states.update({j: live.initial[j] for j in plan.stateful(g)})
             else:
-                states.update(store.states(g, stage - 1, sha256=record["checkpoints"][f"{g}/{stage - 1}"]["sha256"]))
+                states.update(store.states(g, stage - 1, record.checkpoint(g, stage - 1)))
         active = sorted(g for g, k in starts.items() if k <= stage)
-        hook = (lambda t: on_round(t, backend)) if on_round is not None else None
-        states = session.run_stage(active, stage, states, on_round=hook)
-        for g, info in store.save_stage(plan, backend, states, active, stage, suffix=REPLAY_SUFFIX).items():
-            result.checkpoints[(g, stage)] = {"data_digest": info["data_digest"], "sha256": info["sha256"]}
+        states = session.run_stage(active, stage, states, on_round=lambda t: hooks.on_round(t, backend))
+        for g, info in session.checkpoint(store, states, active, stage, suffix=REPLAY_SUFFIX).items():
+            result.checkpoints[(g, stage)] = info
             faults.point(f"deletion.replayed:group-{g}/stage-{stage}")
-        if on_stage is not None:
-            on_stage(stage, first, last)
+        hooks.on_stage(stage, first, last)
     result.gradient_evaluations = int(sum(session.gradient_evaluations.values()))
     result.failures = session.take_failures()
     return result
-
-
-def replay_cold(st: TrainedState, starts: dict[int, int], backend: Backend | None, on_round=None,
-                on_stage=None) -> ReplayResult:
-    """The command line's replay: start the affected groups' workers, replay, shut them down."""
-    live = start_workers(st, starts, backend)
-    try:
-        return replay_groups(st, starts, live, on_round, on_stage)
-    finally:
-        live.backend.shutdown()
 
 
 def replay_starts(st: TrainedState, request: Request) -> tuple[dict[int, int], list[str], list[str]]:
@@ -146,13 +145,15 @@ def replay_starts(st: TrainedState, request: Request) -> tuple[dict[int, int], l
     _, record = st.ledger.latest_version()
     repairs = []
     for g, problem in sorted(approximate_problems(st).items()):
-        stage = record["debt"][str(g)]["earliest_stage"]
-        repairs.append(f"approximate model of group {g} {problem}: group {g} replayed exactly from stage {stage}")
-        starts[g] = min(starts.get(g, stage), stage)
+        debt = record.debt_of(g)
+        assert debt is not None  # an approximate model always comes with its debt
+        repairs.append(f"approximate model of group {g} {problem}: group {g} replayed exactly from stage "
+                       f"{debt.earliest_stage}")
+        starts[g] = min(starts.get(g, debt.earliest_stage), debt.earliest_stage)
     for g in list(starts):
-        debt = record.get("debt", {}).get(str(g))
-        if debt is not None:  # the checkpoints from the debt's stage on still carry approximately deleted ids
-            starts[g] = min(starts[g], debt["earliest_stage"])
+        owed = record.debt_of(g)
+        if owed is not None:  # the checkpoints from the debt's stage on still carry approximately deleted ids
+            starts[g] = min(starts[g], owed.earliest_stage)
     for (g, s), problem in sorted(checkpoint_problems(st).items()):
         if s < starts.get(g, st.config.unlearning.slices):
             repairs.append(f"checkpoint group {g} stage {s} {problem}: group {g} replayed from stage {s}")
@@ -161,9 +162,9 @@ def replay_starts(st: TrainedState, request: Request) -> tuple[dict[int, int], l
     return starts, not_replayed, repairs
 
 
-def run_request(st: TrainedState, request: Request, backend: Backend | None = None, on_round=None,
-                began: float | None = None, *, live: LiveWorkers | None = None, on_stage=None,
-                phases: list[dict] | None = None) -> dict:
+def run_request(st: TrainedState, request: Request, *, backend: Backend | None = None,
+                live: LiveWorkers | None = None, hooks: Hooks = NO_HOOKS, began: float | None = None,
+                phases: Sequence[Mapping[str, Any]] | None = None) -> Certificate:
     """Carry a journaled request through every remaining step exactly; returns its certificate.
 
     With ``live`` (a warm cluster) the replay runs on its started workers, whose stores are re-read
@@ -172,15 +173,11 @@ def run_request(st: TrainedState, request: Request, backend: Backend | None = No
     (``phases`` says why), was interrupted, or (approximate_then_exact) for its exact phase."""
     began = time.perf_counter() if began is None else began
     ledger, config, plan = st.ledger, st.config, st.plan
-    if request.step == PUBLISHED:
+    if request.step is RequestStep.PUBLISHED:
         return finish_published(st, request.id)
-    hashes = ledger.store_hashes()
-    repairs = sync_stores(st)
-    if live is not None:
-        now = ledger.store_hashes()
-        live.reopen_stores([j for j in plan.data if now.get(j) != hashes.get(j)])
-    if request.step == JOURNALED:
-        ledger.set_step(request.id, TOMBSTONED)
+    repairs = sync_stores(st, None if live is None else live.backend)
+    if request.step is RequestStep.JOURNALED:
+        ledger.set_step(request.id, RequestStep.TOMBSTONED)
     faults.point("deletion.tombstoned")
     version, record = ledger.latest_version()
     starts, not_replayed, checkpoint_repairs = replay_starts(st, request)
@@ -188,160 +185,139 @@ def run_request(st: TrainedState, request: Request, backend: Backend | None = No
     if not starts:
         result = ReplayResult()
     elif live is not None:
-        result = replay_groups(st, starts, live, on_round, on_stage)
+        result = replay_groups(st, starts, live, hooks)
     else:
-        result = replay_cold(st, starts, backend, on_round, on_stage)
-    index = dict(record["checkpoints"])
+        cold = start_workers(st, starts, backend)  # the command line's replay: start, replay, stop
+        try:
+            result = replay_groups(st, starts, cold, hooks)
+        finally:
+            cold.backend.shutdown()
+    index = dict(record.checkpoints)
     for (g, s), info in sorted(result.checkpoints.items()):
         sha = st.checkpoints.promote(g, s, REPLAY_SUFFIX)  # the old checkpoint trained on a deleted id: destroyed
-        if sha != info["sha256"]:
-            raise CheckpointError(f"checkpoint group {g} stage {s} changed on disk between its replay and its promotion")
-        index[f"{g}/{s}"] = info
+        if sha != info.sha256:
+            raise CheckpointError(f"checkpoint group {g} stage {s} changed on disk between its replay and its "
+                                  "promotion")
+        index[checkpoint_key(g, s)] = info
         faults.point(f"deletion.promoted:group-{g}/stage-{s}")
-    approximate = {g: v for g, v in record.get("approximate", {}).items() if int(g) not in starts}
-    debt = {g: v for g, v in record.get("debt", {}).items() if int(g) not in starts}  # replayed: cleared
-    thetas = final_thetas(st, {"checkpoints": index, "approximate": approximate})
-    worker_digests = {str(j): parameter_digest(as_tensor(theta)) for j, theta in sorted(thetas.items())}
-    group_digests = {str(g): worker_digests[str(served_worker(plan, g))] for g in plan.groups}
-    full_cost = ledger.versions()[0][2]["gradient_evaluations"]
+    # Other groups' approximate models and their debt stay as they were; replayed groups' are cleared.
+    approximate = {g: m for g, m in record.approximate_models.items() if int(g) not in starts}
+    debt = {g: d for g, d in record.debts.items() if int(g) not in starts}
+    indebted = bool(approximate or debt)
+    thetas = final_thetas(st, replace(record, checkpoints=index, approximate=approximate))
+    worker_digests, group_digests = digests(st, thetas)
+    evaluation = evaluate_version(st, thetas)
     rounds = config.unlearning.slices
     new_version = version + 1
-    cert = {
-        "kind": certificates.KIND,
-        "mode": "exact",
-        "status": "deleted",
-        "guarantee": GUARANTEE,
+    guarantee = GUARANTEE
+    if indebted:
+        guarantee = (GUARANTEE.replace("every published model", "every replayed group's model") +
+                     f"; group(s) {', '.join(sorted(debt))} still serve approximate models (unlearning debt)")
+    cert = Certificate(
+        mode=DeletionMode.EXACT,
         **certificates.request_fields(st, request, version, new_version),
-        "groups": {
+        guarantee=guarantee,
+        groups={
             str(g): {
                 "restarted_from_stage": k,
-                "restored_checkpoint": None if k == 0 else f"{g}/{k - 1}",
+                "restored_checkpoint": None if k == 0 else checkpoint_key(g, k - 1),
                 "replayed_stages": list(range(k, rounds)),
-                "checkpoints_before": {str(s): record["checkpoints"][f"{g}/{s}"] for s in range(k, rounds)},
-                "checkpoints_after": {str(s): index[f"{g}/{s}"] for s in range(k, rounds)},
-                "digest_before": record["group_digests"][str(g)],
+                "checkpoints_before": {str(s): record.checkpoint(g, s).to_dict() for s in range(k, rounds)},
+                "checkpoints_after": {str(s): index[checkpoint_key(g, s)].to_dict() for s in range(k, rounds)},
+                "digest_before": record.group_digests[str(g)],
                 "digest_after": group_digests[str(g)],
             }
             for g, k in sorted(starts.items())
         },
-        "not_replayed": not_replayed,
-        "not_replayed_reason": NO_REPLAY_REASON if not_replayed else None,
-        "repairs": repairs,
-        "failures": result.failures,
-        "worker_digests": worker_digests,
-        "group_digests": group_digests,
-        "gradient_evaluations": result.gradient_evaluations,
-        "full_retrain_gradient_evaluations": full_cost,
-        "cost_ratio": round(result.gradient_evaluations / max(1, full_cost), 6),
-        "evaluation": evaluate_version(st, thetas),
-        "time": certificates.now(),
-        "wall_time_s": elapsed(began),
-    }
-    if approximate or debt:  # other groups' approximate models and their debt stay as they were
-        cert["guarantee"] = (GUARANTEE.replace("every published model", "every replayed group's model") +
-                             f"; group(s) {', '.join(sorted(debt))} still serve approximate models (unlearning debt)")
-    if request.mode != "exact":
-        cert["requested_mode"] = request.mode
-        cert["phases"] = _phases(st, request, phases, cert, thetas)
-    new_record = {
-        "worker_digests": worker_digests,
-        "group_digests": group_digests,
-        "served_workers": {str(g): served_worker(plan, g) for g in plan.groups},
-        "checkpoints": index,
-        "gradient_evaluations": full_cost,
-        "evaluation": cert["evaluation"],
-    }
-    if approximate or debt:
-        new_record.update(approximate=approximate, debt=debt)
-    name = certificates.certificate_name(request.id, new_version)
-    ledger.publish(request.id, new_version, new_record, (name, certificates.encode(cert)))
+        not_replayed=tuple(not_replayed),
+        not_replayed_reason=NO_REPLAY_REASON if not_replayed else None,
+        repairs=tuple(repairs),
+        failures=tuple(result.failures),
+        worker_digests=worker_digests,
+        group_digests=group_digests,
+        cost=Cost(result.gradient_evaluations, ledger.full_retrain_cost()),
+        evaluation=evaluation,
+        time=certificates.now(),
+        wall_time_s=elapsed(began),
+    )
+    if request.mode.is_approximate:
+        exact_phase = {"mode": DeletionMode.EXACT.value, "model_version_after": new_version,
+                       "gradient_evaluations": result.gradient_evaluations, "evaluation": evaluation,
+                       "groups": {str(g): {"metrics": summarize(group_metrics(st, g, thetas, group_data(st, g, ids)))}
+                                  for g, ids in sorted(forget_by_group(st, request.ids).items())}}
+        cert = _with_phases(cert, request.mode, [*_approximate_phase(st, request, phases), exact_phase])
+    new_record = VersionRecord(
+        worker_digests=worker_digests,
+        group_digests=group_digests,
+        served_workers={str(g): served_worker(plan, g) for g in plan.groups},
+        checkpoints=index,
+        gradient_evaluations=ledger.full_retrain_cost(),
+        evaluation=evaluation,
+        approximate=approximate if indebted else None,
+        debt=debt if indebted else None,
+    )
+    ledger.publish(request.id, new_version, new_record, (certificates.certificate_name(request.id, new_version), cert))
     faults.point("deletion.published")
     return finish_published(st, request.id)
 
 
-def _phases(st: TrainedState, request: Request, phases: list[dict] | None, cert: dict, thetas) -> list[dict]:
-    """The phases of an approximate-mode request that ends exactly: the approximate one (from the caller,
-    from the version it published, or a note that it was interrupted), then this exact one."""
-    if phases is None:
-        published = st.ledger.version_of(request.id) if request.step == APPROXIMATED else None
-        phases = [published[1]["phase"]] if published else [{"mode": "approximate", "outcome": INTERRUPTED}]
-    exact = {"mode": "exact", "model_version_after": cert["model_version_after"],
-             "gradient_evaluations": cert["gradient_evaluations"], "evaluation": cert["evaluation"],
-             "groups": {str(g): {"metrics": summarize(group_metrics(st, g, thetas, group_data(st, g, ids)))}
-                        for g, ids in sorted(forget_by_group(st, request.ids).items())}}
-    return list(phases) + [exact]
+def _with_phases(cert: Certificate, requested: DeletionMode, phases: Sequence[Mapping[str, Any]]) -> Certificate:
+    return replace(cert, requested_mode=requested, phases=tuple(dict(p) for p in phases))
 
 
-def finish_published(st: TrainedState, request_id: int) -> dict:
+def _approximate_phase(st: TrainedState, request: Request,
+                       phases: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+    """The approximate phase of a request that ends exactly: from the caller, from the version it
+    published (approximate_then_exact), or a note that it was interrupted."""
+    if phases is not None:
+        return list(phases)
+    published = st.ledger.version_of(request.id) if request.step is RequestStep.APPROXIMATED else None
+    if published is not None and published[1].phase is not None:
+        return [published[1].phase]
+    return [{"mode": DeletionMode.APPROXIMATE.value, "outcome": INTERRUPTED}]
+
+
+def finish_published(st: TrainedState, request_id: int) -> Certificate:
     """The steps after the commit point, all derived from the ledger (idempotent)."""
     write_state_json(st.state_dir, st.ledger)
     faults.point("deletion.state_json")
-    name, body = next((n, b) for n, (rid, _, b) in st.ledger.certificates().items() if rid == request_id)
-    path = certificates.write_exclusive(st.state_dir, name, body)
+    found = st.ledger.certificate_of(request_id)
+    if found is None:
+        raise CheckpointError(f"request {request_id} is published but the ledger holds no certificate for it")
+    name, body = found
+    certificates.write_exclusive(st.state_dir, name, body)
     faults.point("deletion.certificate")
-    update_outputs(st)
-    st.ledger.set_step(request_id, DONE)
+    update_outputs(st.state_dir, st.ledger, title=plot_title(st.config), deleted_samples=len(st.published_ids()))
+    st.ledger.set_step(request_id, RequestStep.DONE)
     faults.point("deletion.done")
-    cert = json.loads(body)
-    cert["certificate_path"] = path
-    return cert
+    return Certificate.from_json(body)
 
 
-def recover(st: TrainedState, backend: Backend | None = None, on_round=None, *,
-            live: LiveWorkers | None = None) -> list[dict]:
+def recover(st: TrainedState, *, backend: Backend | None = None, live: LiveWorkers | None = None,
+            hooks: Hooks = NO_HOOKS) -> list[Certificate]:
     """Finish every acknowledged request an earlier command left unfinished; returns their certificates."""
     certs = []
     for request in st.ledger.requests(unfinished_only=True):
         log.warning("finishing interrupted deletion request %d of %d id(s) (it stopped after step %r)",
-                    request.id, len(request.ids), request.step)
-        certs.append(run_request(st, request, backend, on_round, live=live))
+                    request.id, len(request.ids), request.step.value)
+        certs.append(run_request(st, request, backend=backend, live=live, hooks=hooks))
         backend = None  # a cold backend serves one replay: the next one starts its own
     return certs
 
 
-def abandon_request(st: TrainedState, request_id: int, live: LiveWorkers | None = None, also=None) -> list[str]:
+def abandon_request(st: TrainedState, request_id: int, live: LiveWorkers | None = None,
+                    also: Any = None) -> list[str]:
     """Roll back a request whose replay kept failing, before anything was published: the ledger stops
     deleting its ids (``also(db)`` runs in that transaction), staged checkpoints are removed, and the
     stores (and the live workers) are made to agree with the ledger again. Returns the repairs."""
     st.ledger.abandon(request_id, also)
-    for group in st.plan.groups:
-        for stage in range(st.config.unlearning.slices):
-            staged = st.checkpoints.path(group, stage, REPLAY_SUFFIX)
-            if os.path.exists(staged):
-                os.remove(staged)
+    st.checkpoints.discard_staged(st.plan.groups, st.config.unlearning.slices, REPLAY_SUFFIX)
     st.refresh()
-    hashes = st.ledger.store_hashes()
-    repairs = sync_stores(st)
-    if live is not None:
-        now = st.ledger.store_hashes()
-        try:
-            live.reopen_stores([j for j in st.plan.data if now.get(j) != hashes.get(j)])
-        except Exception as exc:  # noqa: BLE001 - a dead worker rebuilds from the repaired store if it restarts
-            log.warning("a live worker could not re-read its store after the rollback: %s", exc)
-    return repairs
+    # A dead worker rebuilds from the repaired store if it restarts: failing to reach it is only logged.
+    return sync_stores(st, None if live is None else live.backend, tolerate_dead_workers=True)
 
 
-def published_states(st: TrainedState, record: dict, group: int) -> dict[int, dict]:
-    """The published states of ``group``'s stateful workers (hash-checked): its approximate model if an
-    approximate deletion updated it since its last replay, else its last stage checkpoint."""
-    approximate = record.get("approximate", {}).get(str(group))
-    if approximate is not None:
-        return st.checkpoints.read_states(os.path.join(st.checkpoints.root, approximate["file"]), approximate["sha256"])
-    last = st.config.unlearning.slices - 1
-    return st.checkpoints.states(group, last, sha256=record["checkpoints"][f"{group}/{last}"]["sha256"])
-
-
-def final_thetas(st: TrainedState, record: dict) -> dict[int, np.ndarray]:
-    """Every honest worker's published parameters (``record``: a version record, or at least its
-    ``checkpoints`` index and ``approximate`` models)."""
-    out = {}
-    for g in st.plan.groups:
-        states = published_states(st, record, g)
-        out.update({j: states[j]["theta"] for j in st.plan.honest(g)})
-    return out
-
-
-def evaluate_version(st: TrainedState, thetas: dict[int, np.ndarray]) -> dict:
+def evaluate_version(st: TrainedState, thetas: Mapping[int, np.ndarray]) -> dict[str, Any]:
     plan = st.plan
     if len(plan.test_labels) == 0:
         return {"honest_test_accuracy": None, "ensemble_test_accuracy": None}
@@ -349,36 +325,4 @@ def evaluate_version(st: TrainedState, thetas: dict[int, np.ndarray]) -> dict:
     served = [served_worker(plan, g) for g in plan.groups]
     ensemble = ensemble_accuracy([plan.specs[j] for j in served], [thetas[j] for j in served],
                                  plan.test_features, plan.test_labels, st.config.unlearning.vote)
-    return {"honest_test_accuracy": _stats(list(acc.values())), "ensemble_test_accuracy": round(ensemble, 6)}
-
-
-def update_outputs(st: TrainedState) -> None:
-    """``summary.json``, ``metrics.jsonl`` and ``accuracy.png`` show every published version."""
-    versions = [{"model_version": v, **rec["evaluation"]} for v, _, rec in st.ledger.versions()]
-    latest_version, latest = st.ledger.latest_version()
-    summary_path = os.path.join(st.state_dir, "summary.json")
-    try:
-        with open(summary_path) as fh:
-            summary = json.load(fh)
-    except (OSError, ValueError):
-        summary = {}
-    summary.update({"model_version": latest_version, "worker_digests": latest["worker_digests"],
-                    "group_digests": latest["group_digests"], "versions": versions,
-                    "honest_test_accuracy": latest["evaluation"]["honest_test_accuracy"],
-                    "ensemble_test_accuracy": latest["evaluation"]["ensemble_test_accuracy"],
-                    "deleted_samples": len(st.published_ids())})
-    _write_json(summary_path, summary)
-    metrics_path = os.path.join(st.state_dir, "metrics.jsonl")
-    rows = []
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-    rows = [r for r in rows if r.get("kind") != "model_version"]
-    rows += [{"kind": "model_version", **v} for v in versions]
-    tmp = metrics_path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, metrics_path)
-    if versions[-1]["ensemble_test_accuracy"] is not None:
-        write_accuracy_plot([r for r in rows if "round" in r], os.path.join(st.state_dir, "accuracy.png"),
-                            title=plot_title(st.config), versions=versions)
+    return {"honest_test_accuracy": stats(list(acc.values())), "ensemble_test_accuracy": round(ensemble, 6)}

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ..config import GateConfig
 from .evaluation import unlearning_metrics
-from .state import TrainedState
+from .trained import TrainedState
 
 
 @dataclass(frozen=True)
@@ -24,43 +27,45 @@ class GroupData:
     test: tuple[np.ndarray, np.ndarray]
 
 
-def rows_of(st: TrainedState, ids) -> tuple[np.ndarray, np.ndarray]:
+def rows_of(st: TrainedState, ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     """``(features, labels)`` of ``ids`` from the source data (the driver's copy; used only to evaluate)."""
     index = {sid: k for k, sid in enumerate(st.source.ids.tolist())}
     rows = np.asarray([index[i] for i in ids], dtype=np.int64)
     return st.source.features[rows], st.source.labels[rows]
 
 
-def retained_rows(st: TrainedState, group: int, exclude) -> tuple[np.ndarray, np.ndarray]:
+def retained_rows(st: TrainedState, group: int, exclude: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     """The group's training rows minus ``exclude`` (the retained data the group trains on)."""
-    exclude = np.asarray(sorted(exclude), dtype=str)
-    parts = [(d.features[~np.isin(d.ids, exclude)], d.labels[~np.isin(d.ids, exclude)])
+    excluded = np.asarray(sorted(exclude), dtype=str)
+    parts = [(d.features[~np.isin(d.ids, excluded)], d.labels[~np.isin(d.ids, excluded)])
              for j, d in sorted(st.plan.data.items()) if st.plan.specs[j].group == group]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def group_data(st: TrainedState, group: int, forget_ids) -> GroupData:
+def group_data(st: TrainedState, group: int, forget_ids: Collection[str]) -> GroupData:
     """The forget rows of ``group``, its retained data (its rows minus them) and the test split; read once
     per group and request, whatever number of models is evaluated on them."""
     return GroupData(rows_of(st, forget_ids), retained_rows(st, group, forget_ids),
                      (st.plan.test_features, st.plan.test_labels))
 
 
-def group_metrics(st: TrainedState, group: int, thetas: dict[int, np.ndarray], data: GroupData) -> dict[int, dict]:
+def group_metrics(st: TrainedState, group: int, thetas: dict[int, np.ndarray],
+                  data: GroupData) -> dict[int, dict[str, Any]]:
     """UA/RA/TA/MIA of every honest model of ``group`` (``thetas``: worker -> parameters)."""
     return {j: unlearning_metrics(st.plan.specs[j], thetas[j], data.forget, data.retain, data.test,
                                   seed=st.config.seed)
             for j in st.plan.honest(group)}
 
 
-def gate(before: dict[int, dict], after: dict[int, dict], thresholds, forget_size: int) -> dict:
+def gate(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], thresholds: GateConfig,
+         forget_size: int) -> dict[str, Any]:
     """Check every honest model against ``unlearning.gate``; returns ``{"passed", "failed": [reasons],
     "thresholds", "worst": {...}}``.
 
     The forget check allows ``max_forget_gap`` plus two binomial standard deviations,
     ``2 * sqrt(TA (1 - TA) / n)`` for ``n`` forget rows: a model retrained without a random sample still
     classifies it right with probability ~TA, so one or two correctly classified samples prove nothing."""
-    failed = []
+    failed: list[str] = []
     worst = {"test_drop": 0.0, "retain_drop": 0.0, "forget_gap": -1.0}
     for j in sorted(after):
         a, b = after[j], before[j]
@@ -72,7 +77,8 @@ def gate(before: dict[int, dict], after: dict[int, dict], thresholds, forget_siz
         worst = {"test_drop": max(worst["test_drop"], test_drop), "retain_drop": max(worst["retain_drop"], retain_drop),
                  "forget_gap": max(worst["forget_gap"], forget_gap)}
         if test_drop > thresholds.max_test_drop:
-            failed.append(f"worker {j}: test accuracy dropped {test_drop:.3f} > max_test_drop {thresholds.max_test_drop}")
+            failed.append(f"worker {j}: test accuracy dropped {test_drop:.3f} > max_test_drop "
+                          f"{thresholds.max_test_drop}")
         if retain_drop > thresholds.max_retain_drop:
             failed.append(f"worker {j}: retained-data accuracy dropped {retain_drop:.3f} > max_retain_drop "
                           f"{thresholds.max_retain_drop}")
@@ -85,10 +91,10 @@ def gate(before: dict[int, dict], after: dict[int, dict], thresholds, forget_siz
             "worst": {k: round(v, 6) for k, v in worst.items()}}
 
 
-def summarize(metrics: dict[int, dict]) -> dict:
+def summarize(metrics: dict[int, dict[str, Any]]) -> dict[str, dict[str, float] | None]:
     """Mean and worst (over honest models) of each metric, rounded for a certificate."""
     keys = ("UA", "RA", "TA", "MIA")
-    out = {}
+    out: dict[str, dict[str, float] | None] = {}
     for k in keys:
         values = [m[k] for m in metrics.values() if not np.isnan(m[k])]
         out[k] = {"mean": round(float(np.mean(values)), 6), "min": round(float(np.min(values)), 6),

@@ -1,14 +1,36 @@
-"""Deletion requests: what a request may contain, checked before anything changes."""
+"""Deletion requests: what a request may contain, checked before anything changes.
+
+The one validator of a request's meaning (docs/design.md, invariant 5), used by the command line and
+the coordinator alike: :func:`parse_request` checks the mode, the method and the ids as given;
+:func:`validate_request` checks the ids against the trained data. The gRPC servicer checks only the
+shape of its messages (empty fields, enum values) and hands the rest here.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from ..errors import HeldOutIdsError, RequestError, UnknownIdsError
+from ostracon.nodes.approximate_params import PARAMS
+
+from ..errors import ConfigError, HeldOutIdsError, RequestError, UnknownIdsError
+from ..vocabulary import DeletionMode
 
 
 class UnlearningError(RequestError):
-    """A deletion request that cannot be carried out as given; nothing was changed."""
+    """A deletion request that cannot be carried out as given; nothing was changed. ``field`` names the
+    part of the request at fault (``sample_ids``, ``mode``, ``method``) for callers that speak in fields."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+    def in_field(self) -> UnlearningError:
+        """The same error, its message prefixed with the field at fault (the gRPC service's convention)."""
+        if self.field is None:
+            return self
+        return type(self)(f"{self.field}: {self}", self.field)
 
 
 class UnknownIdsUnlearningError(UnlearningError, UnknownIdsError):
@@ -19,37 +41,83 @@ class HeldOutIdsUnlearningError(UnlearningError, HeldOutIdsError):
     """Ids of the held-out test split."""
 
 
+class UnknownMethodError(UnlearningError, ConfigError):
+    """An approximate-unlearning method that does not exist (``unlearning.method`` names the same set)."""
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    """A well-formed request: its ids (in the order given), how to carry it out, and with which method."""
+
+    ids: tuple[str, ...]
+    mode: DeletionMode
+    method: str | None = None  # approximate modes only; None: the config's unlearning.method
+
+
 def _preview(items: list[str], limit: int = 20) -> str:
     more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(repr(i) for i in items[:limit]) + more
 
 
-def validate_request(ids: Iterable[str], placement: Mapping[str, tuple], deleted: Mapping | set,
+def parse_mode(mode: str | DeletionMode) -> DeletionMode:
+    """A deletion mode from its name; an unknown one is an :class:`UnlearningError` listing the choices."""
+    try:
+        return DeletionMode(mode)
+    except ValueError:
+        raise UnlearningError(f"unknown mode {mode!r}; supported: {', '.join(DeletionMode.values())}",
+                              "mode") from None
+
+
+def parse_request(ids: Iterable[Any], mode: str | DeletionMode = DeletionMode.EXACT, method: str | None = None, *,
+                  max_ids: int | None = None, merge_duplicates: bool = False) -> DeletionRequest:
+    """Check what a request says on its own: a known mode, a method only with an approximate mode and one
+    that exists, at least one id, every id a non-empty string, no duplicate (``merge_duplicates``: the
+    service treats a request as a set of ids), at most ``max_ids`` ids."""
+    chosen = parse_mode(mode)
+    method = method or None
+    if method is not None and not chosen.is_approximate:
+        raise UnlearningError(f"method {method!r} needs an approximate mode ({DeletionMode.APPROXIMATE} or "
+                              f"{DeletionMode.APPROXIMATE_THEN_EXACT}); exact deletion takes no method", "method")
+    if method is not None and method not in PARAMS:
+        raise UnknownMethodError(f"unknown unlearning method {method!r}; choose one of: {', '.join(PARAMS)}",
+                                 "method")
+    ids = list(ids)
+    if not ids:
+        raise UnlearningError("empty deletion request: give at least one sample id", "sample_ids")
+    bad_type = [repr(i) for i in ids if not isinstance(i, str) or not i]
+    if bad_type:
+        raise UnlearningError(f"sample ids must be non-empty strings, got: {', '.join(bad_type[:20])}",
+                              "sample_ids")
+    if merge_duplicates:
+        ids = list(dict.fromkeys(ids))
+    else:
+        seen: set[str] = set()
+        dupes: list[str] = []
+        for i in ids:
+            if i in seen and i not in dupes:
+                dupes.append(i)
+            seen.add(i)
+        if dupes:
+            raise UnlearningError(f"duplicate sample id(s) in the request: {_preview(dupes)}", "sample_ids")
+    if max_ids is not None and len(ids) > max_ids:
+        raise UnlearningError(f"{len(ids)} ids exceed max_ids_per_request = {max_ids}", "sample_ids")
+    return DeletionRequest(tuple(ids), chosen, method)
+
+
+def validate_request(ids: Iterable[Any], placement: Mapping[str, object], deleted: Collection[str],
                      test_ids: Iterable[str] = ()) -> tuple[list[str], list[str]]:
     """Split a request into (ids to delete now, ids already deleted); raise on anything malformed.
 
-    ``placement`` maps every training id of the source data (deleted ones included) to its
-    ``(group, worker, slice)``; ``deleted`` holds the ids the ledger already deletes."""
-    ids = list(ids)
-    if not ids:
-        raise UnlearningError("empty deletion request: give at least one sample id")
-    bad_type = [repr(i) for i in ids if not isinstance(i, str) or not i]
-    if bad_type:
-        raise UnlearningError(f"sample ids must be non-empty strings, got: {', '.join(bad_type[:20])}")
-    seen, dupes = set(), []
-    for i in ids:
-        if i in seen and i not in dupes:
-            dupes.append(i)
-        seen.add(i)
-    if dupes:
-        raise UnlearningError(f"duplicate sample id(s) in the request: {_preview(dupes)}")
+    ``placement`` maps every training id of the source data (deleted ones included) to where it lives;
+    ``deleted`` holds the ids the ledger already deletes."""
+    request = parse_request(ids)
     held_out = set(test_ids)
-    in_test = [i for i in ids if i not in placement and i in held_out]
+    in_test = [i for i in request.ids if i not in placement and i in held_out]
     if in_test:
         raise HeldOutIdsUnlearningError("sample id(s) in the held-out test split, never trained on: "
                                         f"{_preview(in_test)}")
-    unknown = [i for i in ids if i not in placement]
+    unknown = [i for i in request.ids if i not in placement]
     if unknown:
         raise UnknownIdsUnlearningError(f"unknown sample id(s) (not in the training data): {_preview(unknown)}")
-    already = [i for i in ids if i in deleted]
-    return [i for i in ids if i not in deleted], already
+    already = [i for i in request.ids if i in deleted]
+    return [i for i in request.ids if i not in deleted], already

@@ -12,14 +12,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from .. import statedir
-from ..ledger import APPROXIMATED, PUBLISHED, LedgerError
-from ..training import train
+import numpy as np
+
+from ..execution.training import train
+from ..storage import statedir
+from ..storage.ledger import LedgerError
 from . import certificates
-from .state import SourceChangedError, TrainedState, approximate_problems, checkpoint_problems, live_ids, \
-    open_state, state_json_problems, store_problems, stored_ids
+from .trained import (
+    SourceChangedError,
+    TrainedState,
+    approximate_problems,
+    checkpoint_problems,
+    live_ids,
+    open_state,
+    state_json_problems,
+    store_problems,
+    stored_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +56,13 @@ FAILURES = {
 }
 
 
-def verify_state_dir(state_dir: str | os.PathLike, *, overrides: Mapping | None = None, retrain: bool = True,
-                     allow_approximate: bool = False) -> dict:
+def verify_state_dir(state_dir: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None,
+                     retrain: bool = True, allow_approximate: bool = False) -> dict[str, Any]:
     """Audit ``state_dir``; returns ``{"ok", "failures": [{"name", "detail"}], "pending", "groups",
     "approximate", ...}``. A group with unlearning debt is never a match: it is reported under
     ``approximate`` and fails as APPROXIMATE_NOT_VERIFIABLE unless ``allow_approximate``."""
     state_dir = os.fspath(state_dir)
-    report: dict = {"state_dir": state_dir, "ok": False, "failures": [], "pending": [], "groups": {},
+    report: dict[str, Any] = {"state_dir": state_dir, "ok": False, "failures": [], "pending": [], "groups": {},
                     "approximate": {}, "allow_approximate": allow_approximate,
                     "deleted": 0, "model_version": None, "checks": []}
     statedir.require_state(state_dir)
@@ -71,11 +83,11 @@ def verify_state_dir(state_dir: str | os.PathLike, *, overrides: Mapping | None 
     return report
 
 
-def _fail(report: dict, name: str, detail: str) -> None:
+def _fail(report: dict[str, Any], name: str, detail: str) -> None:
     report["failures"].append({"name": name, "detail": detail})
 
 
-def _audit(st: TrainedState, report: dict, retrain: bool, allow_approximate: bool) -> None:
+def _audit(st: TrainedState, report: dict[str, Any], retrain: bool, allow_approximate: bool) -> None:
     ledger = st.ledger
     version, record = ledger.latest_version()
     report["model_version"] = version
@@ -83,7 +95,7 @@ def _audit(st: TrainedState, report: dict, retrain: bool, allow_approximate: boo
     pending_ids = {i for r in unfinished for i in r.ids}
     pending_workers = {st.deletions[i].worker for i in pending_ids}
     pending_groups = {st.deletions[i].group for i in pending_ids}
-    report["pending"] = [{"request_id": r.id, "ids": len(r.ids), "step": r.step} for r in unfinished]
+    report["pending"] = [{"request_id": r.id, "ids": len(r.ids), "step": r.step.value} for r in unfinished]
     published = st.published_ids()
     report["deleted"] = len(published)
 
@@ -106,7 +118,7 @@ def _audit(st: TrainedState, report: dict, retrain: bool, allow_approximate: boo
     _audit_certificates(st, report, stored)
 
     report["checks"].append("state.json")
-    if not any(r.step in (PUBLISHED, APPROXIMATED) for r in unfinished):  # else it may show the version before
+    if not any(r.step.is_published for r in unfinished):  # else it may show the version before
         for problem in state_json_problems(st):
             _fail(report, "STATE_JSON_MISMATCH", problem)
 
@@ -120,15 +132,16 @@ def _audit(st: TrainedState, report: dict, retrain: bool, allow_approximate: boo
         if g in pending_groups:
             continue
         name = "CHECKPOINT_MISSING" if problem == "missing" else "CHECKPOINT_HASH_MISMATCH"
-        _fail(report, name, f"approximate model of group {g} ({record['approximate'][str(g)]['file']}): {problem}")
+        model = record.approximate_model(g)
+        _fail(report, name, f"approximate model of group {g} ({model.file if model else '?'}): {problem}")
 
-    debt = record.get("debt", {})
-    for g, row in sorted(debt.items()):
-        report["approximate"][g] = {"ids": len(row["ids"]), "earliest_stage": row["earliest_stage"]}
-        if not allow_approximate and int(g) not in pending_groups:  # pending: its exact phase is still to run
+    debt = record.debts
+    for key, owed in sorted(debt.items()):
+        report["approximate"][key] = {"ids": len(owed.ids), "earliest_stage": owed.earliest_stage}
+        if not allow_approximate and int(key) not in pending_groups:  # pending: its exact phase is still to run
             _fail(report, "APPROXIMATE_NOT_VERIFIABLE",
-                  f"group {g}: approximate, not verifiable ({len(row['ids'])} id(s) deleted approximately; its "
-                  f"checkpoints from stage {row['earliest_stage']} on still carry them)")
+                  f"group {key}: approximate, not verifiable ({len(owed.ids)} id(s) deleted approximately; its "
+                  f"checkpoints from stage {owed.earliest_stage} on still carry them)")
 
     if not retrain:
         return
@@ -137,22 +150,23 @@ def _audit(st: TrainedState, report: dict, retrain: bool, allow_approximate: boo
     result = train(st.config, None, progress=False, dataset=st.source.without(published),
                    schedule=ledger.schedule())
     got = result.summary
-    indebted_workers = {str(j) for g in debt for j in st.plan.group_workers(int(g))}
-    for g, expected in sorted(record["group_digests"].items()):
-        recomputed = got["group_digests"][g]
-        if g in debt:  # approximate: never compared, never a match
-            report["groups"][g] = {"expected": expected, "recomputed": recomputed, "match": None, "approximate": True}
+    indebted_workers = {str(j) for key in debt for j in st.plan.group_workers(int(key))}
+    for key, expected in sorted(record.group_digests.items()):
+        recomputed = got["group_digests"][key]
+        if key in debt:  # approximate: never compared, never a match
+            report["groups"][key] = {"expected": expected, "recomputed": recomputed, "match": None,
+                                     "approximate": True}
             continue
-        report["groups"][g] = {"expected": expected, "recomputed": recomputed, "match": expected == recomputed}
+        report["groups"][key] = {"expected": expected, "recomputed": recomputed, "match": expected == recomputed}
         if expected != recomputed:
-            _fail(report, "MODEL_MISMATCH", f"group {g}: published {expected[:16]} != retrain {recomputed[:16]}")
+            _fail(report, "MODEL_MISMATCH", f"group {key}: published {expected[:16]} != retrain {recomputed[:16]}")
     for j, digest in sorted(got["worker_digests"].items()):
-        if j not in indebted_workers and record["worker_digests"].get(j) != digest:
-            _fail(report, "MODEL_MISMATCH", f"worker {j}: published {str(record['worker_digests'].get(j))[:16]} "
+        if j not in indebted_workers and record.worker_digests.get(j) != digest:
+            _fail(report, "MODEL_MISMATCH", f"worker {j}: published {str(record.worker_digests.get(j))[:16]} "
                                             f"!= retrain {digest[:16]}")
 
 
-def _audit_certificates(st: TrainedState, report: dict, stored: dict) -> None:
+def _audit_certificates(st: TrainedState, report: dict[str, Any], stored: Mapping[int, np.ndarray]) -> None:
     directory = os.path.join(st.state_dir, certificates.DIRECTORY)
     issued = st.ledger.certificates()
     on_disk = sorted(n for n in os.listdir(directory) if n.endswith(".json")) if os.path.isdir(directory) else []
@@ -166,7 +180,7 @@ def _audit_certificates(st: TrainedState, report: dict, stored: dict) -> None:
         with open(path, encoding="utf-8", errors="replace") as fh:
             if fh.read() != body:
                 _fail(report, "CERTIFICATE_ALTERED", f"{path} differs from the ledger's copy")
-    listed: dict[str, list] = {}
+    listed: dict[str, list[Any]] = {}
     for name in on_disk:
         path = os.path.join(directory, name)
         if name not in issued:
@@ -186,7 +200,7 @@ def _audit_certificates(st: TrainedState, report: dict, stored: dict) -> None:
                   f"{path} lists id(s) that are live or not in the ledger: {', '.join(map(str, wrong[:10]))}")
 
 
-def format_report(report: dict) -> str:
+def format_report(report: Mapping[str, Any]) -> str:
     lines = []
     for g, row in sorted(report["groups"].items()):
         if row.get("approximate"):

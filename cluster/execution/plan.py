@@ -1,0 +1,239 @@
+"""From a config to a concrete run: the data each worker holds and each worker's spec.
+
+Global worker ``j`` belongs to group ``j // m`` (``m = training.workers``);
+the last ``byzantine.count`` workers of every group are Byzantine. Every
+sample's placement (test split, worker, slice) is a function of its id,
+label and the seed (``ostracon.nodes.partition.place``), so a run on the data without
+some ids puts every other sample exactly where it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ostracon.nodes.data import Dataset, load_dataset
+from ostracon.nodes.partition import place
+from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec, spec_model
+
+from ..config import Config
+from ..errors import ConfigError, DataError
+from .backend import WorkerData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    config: Config
+    specs: tuple[WorkerSpec, ...]
+    data: dict[int, WorkerData]
+    test_features: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    test_ids: np.ndarray
+    # Every training id of the source data -> (group, worker, slice), excluded ids included.
+    placement: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def group_workers(self, group: int) -> list[int]:
+        return [s.index for s in self.specs if s.group == group]
+
+    def trainers(self, group: int) -> list[int]:
+        return [s.index for s in self.specs if s.group == group and s.trains]
+
+    def stateful(self, group: int) -> list[int]:
+        """Workers whose state a checkpoint holds: the trainers and the attackers that keep state."""
+        return [s.index for s in self.specs if s.group == group and s.keeps_state]
+
+    def honest(self, group: int) -> list[int]:
+        return [s.index for s in self.specs if s.group == group and not s.is_byzantine]
+
+    def attackers(self, group: int) -> list[int]:
+        return [s.index for s in self.specs if s.group == group and s.attack is not None]
+
+    def trainers_all(self) -> list[int]:
+        """Every worker that trains on its data, over all groups."""
+        return [s.index for s in self.specs if s.trains]
+
+    @property
+    def groups(self) -> list[int]:
+        return list(range(self.config.unlearning.groups))
+
+
+def load_config_dataset(config: Config) -> Dataset:
+    """The configured dataset; a file that cannot be read as that source is a :class:`DataError` naming it."""
+    d = config.data
+    try:
+        if d.source == "synthetic":
+            return load_dataset("synthetic", seed=config.seed, samples=d.samples, features=d.features,
+                                classes=d.classes)
+        return load_dataset(d.source, path=d.path or None)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if d.path:
+            where = "data.path" if d.path in str(exc) else f"data.path = {d.path!r}"
+        else:
+            where = f"data.source = {d.source!r}"
+        raise DataError(f"{where}: {exc}") from exc
+
+
+def _worker_counts(config: Config, train_samples: int) -> str:
+    return (f"{train_samples} training sample(s) (after data.test_fraction = {config.data.test_fraction}) for "
+            f"{config.num_workers} workers (training.workers = {config.training.workers} x unlearning.groups = "
+            f"{config.unlearning.groups})")
+
+
+def require_sample_per_worker(config: Config, train_samples: int) -> None:
+    """Fewer samples than workers leaves some worker without data: refuse the run, naming the counts."""
+    if train_samples < config.num_workers:
+        raise DataError(f"{_worker_counts(config, train_samples)}: every worker needs data; "
+                        "use fewer workers or groups, or more data")
+
+
+def warn_if_sparse(config: Config, plan: RunPlan) -> None:
+    """Warn when workers hold on average less than one batch (e.g. many groups over a small dataset),
+    and name the workers that hold no data at all (they sit out every round)."""
+    train_samples = sum(len(d.ids) for d in plan.data.values())
+    empty = [j for j in plan.trainers_all() if len(plan.data[j].ids) == 0]
+    if empty:
+        log.warning("worker(s) %s hold no training sample (data.partition = %r): they sit out every round",
+                    ", ".join(map(str, empty[:20])) + (" ..." if len(empty) > 20 else ""), config.data.partition)
+    per_worker = train_samples / config.num_workers
+    if per_worker < config.training.batch_size:
+        log.warning("%s: about %.1f per worker, fewer than training.batch_size = %d; each local step "
+                    "resamples the same few rows (fewer groups or workers would train better)",
+                    _worker_counts(config, train_samples), per_worker, config.training.batch_size)
+
+
+def validate_run(config: Config) -> Dataset:
+    """Load the data and build one model: data and model errors surface before anything is written.
+
+    Returns the dataset, so the caller can train on it without loading it again.
+    """
+    dataset = load_config_dataset(config)
+    plan = make_plan(config, dataset=dataset)
+    warn_if_sparse(config, plan)
+    try:
+        spec_model(plan.specs[0])
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model.params = {dict(config.model.params)} for model.name = "
+                          f"{config.model.name!r}: {exc}") from None
+    return dataset
+
+
+def stage_rounds(config: Config) -> list[int]:
+    """Rounds of each SISA stage: the training budget split as evenly as possible over ``slices`` stages."""
+    total, r = config.training.rounds, config.unlearning.slices
+    return [total // r + (1 if s < total % r else 0) for s in range(r)]
+
+
+def stage_start(config: Config, stage: int) -> int:
+    """The global round at which ``stage`` begins."""
+    return sum(stage_rounds(config)[:stage])
+
+
+def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
+              dataset: Dataset | None = None, exclude: Iterable[str] = ()) -> RunPlan:
+    """Load the data, place every sample, and describe every worker; the rows of ``exclude`` (the
+    deleted ids) are placed like the others but given to no worker."""
+    dataset = dataset if dataset is not None else load_config_dataset(config)
+    excluded = np.isin(dataset.ids, np.asarray(sorted(exclude), dtype=str)) if exclude else np.zeros(len(dataset), bool)
+    d, t, b, u = config.data, config.training, config.byzantine, config.unlearning
+    n = config.num_workers
+    holders = data_holders(config)
+    if d.split == "honest" and state_dir is not None and b.count and b.behaviour in WORKER_BEHAVIOURS:
+        # their copies of honest rows are outside the ledger: a deletion would leave them behind
+        raise ConfigError(f"data.split = \"honest\" with byzantine.behaviour = {b.behaviour!r} gives the Byzantine "
+                          "workers copies of honest rows, which deletions do not track: in-memory runs only")
+    placement = place(
+        dataset.ids, dataset.labels, seed=config.seed, num_workers=len(holders), num_slices=u.slices,
+        test_fraction=d.test_fraction, partition=d.partition, alpha=d.alpha,
+        classes_per_worker=d.classes_per_worker, num_classes=dataset.num_classes,
+    )
+    require_sample_per_worker(config, int((~placement.is_test).sum()))
+    specs, data = [], {}
+    for j in range(n):
+        group, position = divmod(j, t.workers)
+        byzantine = position >= t.workers - b.count
+        behaviour = b.behaviour if byzantine else HONEST
+        params = dict(b.params) if byzantine else {}
+        if byzantine and behaviour not in WORKER_BEHAVIOURS:  # attacks need the Byzantine head count
+            params["num_byzantine"] = b.count
+        specs.append(WorkerSpec(
+            index=j, group=group, seed=config.seed, model=config.model.name,
+            input_shape=tuple(dataset.feature_shape), num_classes=dataset.num_classes,
+            model_params=dict(config.model.params), protocol=t.protocol, rule=t.rule, f=t.f,
+            rule_params=dict(t.rule_params), pre=tuple(t.pre), lr=t.lr, lr_schedule=t.lr_schedule,
+            total_rounds=t.rounds, momentum=t.momentum, weight_decay=t.weight_decay,
+            batch_size=t.batch_size, behaviour=behaviour, behaviour_params=params,
+            device=config.backend.device,
+        ))
+        source = _data_source(config, j)
+        rows = (placement.worker == (-2 if source is None else holders.index(source))) & ~excluded  # -2: none
+        data[j] = WorkerData(
+            ids=dataset.ids[rows], features=dataset.features[rows], labels=dataset.labels[rows],
+            slices=placement.slice[rows],
+            store_path=None if state_dir is None else os.path.join(os.fspath(state_dir), "stores", f"worker-{j}"),
+        )
+    test = placement.is_test
+    train_rows = np.flatnonzero(~test)
+    owners = np.asarray(holders, dtype=np.int64)[placement.worker[train_rows]]  # placement index -> worker
+    groups = owners // t.workers
+    where = {sid: (int(g), int(j), int(k)) for sid, g, j, k in zip(
+        dataset.ids[train_rows].tolist(), groups.tolist(), owners.tolist(),
+        placement.slice[train_rows].tolist(), strict=True)}
+    return RunPlan(config, tuple(specs), data, dataset.features[test], dataset.labels[test], dataset.num_classes,
+                   dataset.ids[test], where)
+
+
+def dataset_digest(dataset: Dataset) -> str:
+    """sha256 over a dataset's ids, labels and feature bytes: the source data a state was trained on."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(dataset.ids).tobytes())
+    h.update(np.ascontiguousarray(dataset.labels, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(dataset.features, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+SPLITS = ("all", "honest")
+
+
+def data_holders(config: Config) -> list[int]:
+    """The workers the training data is partitioned over, in placement order.
+
+    ``data.split = "all"``: every worker. ``"honest"``: only the honest workers
+    (the first ``workers - byzantine.count`` of each group), the setting of the
+    MoNNA and bucketing papers, where Byzantine workers own no data.
+    """
+    split = config.data.split
+    if split not in SPLITS:
+        raise ConfigError(f"data.split: unknown value {split!r}; choose one of: {', '.join(SPLITS)}")
+    m, b = config.training.workers, config.byzantine.count
+    return [j for j in range(config.num_workers) if split == "all" or j % m < m - b]
+
+
+def _data_source(config: Config, j: int) -> int | None:
+    """The data holder whose rows worker ``j`` gets: itself; or, when only honest workers hold data,
+    for a Byzantine worker that trains (``label_flip``, ``crash``, ``straggler``) a copy of honest
+    worker ``j mod honest``'s rows (so the behaviour keeps its strength), and none for an attacker."""
+    m, b = config.training.workers, config.byzantine.count
+    if config.data.split == "all" or j % m < m - b:
+        return j
+    if config.byzantine.behaviour not in WORKER_BEHAVIOURS:
+        return None
+    group, position = divmod(j, m)
+    return group * m + position % (m - b)
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """sha256 over the sorted ids, newline-separated: names a training set without revealing its rows."""
+    h = hashlib.sha256()
+    for i in sorted(str(x) for x in ids):
+        h.update(i.encode())
+        h.update(b"\n")
+    return h.hexdigest()

@@ -1,0 +1,267 @@
+"""``train``: run a config end to end and write its results.
+
+Writes to ``outdir`` (when given): ``config.json`` (resolved config),
+``metrics.jsonl`` (one object per evaluation), ``summary.json`` and
+``accuracy.png``; the durable state (shard stores, stage checkpoints) lives
+under the same directory, which is the ``state_dir`` of later unlearning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from ostracon.nodes.data import Dataset
+from ostracon.nodes.durable import file_sha256
+from ostracon.nodes.models import parameter_digest
+from ostracon.nodes.seeding import set_deterministic
+from ostracon.nodes.worker import evaluate
+
+from .. import faults
+from ..config import Config
+from ..storage import ledger as ledger_mod
+from ..storage import statedir
+from ..storage.checkpoints import CheckpointStore
+from ..storage.ledger import Ledger
+from ..storage.outputs import METRICS_JSONL, SUMMARY_JSON, write_accuracy_plot, write_json, write_state_json
+from ..storage.records import CheckpointInfo, VersionRecord, checkpoint_key
+from .backend import Backend, make_backend
+from .ensemble import ensemble_accuracy
+from .hooks import NO_HOOKS, Hooks
+from .plan import RunPlan, dataset_digest, ids_digest, load_config_dataset, make_plan, stage_rounds
+from .progress import progress_bar
+from .session import Schedule, Session, elapsed
+
+log = logging.getLogger(__name__)
+
+CONFIG_JSON = "config.json"
+NO_TEST_SPLIT = "no test split (data.test_fraction = 0): accuracy is not measured"
+
+
+@dataclass
+class TrainResult:
+    config: Config
+    summary: dict
+    metrics: list[dict] = field(default_factory=list)
+    parameters: dict[int, np.ndarray] = field(default_factory=dict)  # honest workers' final parameters
+    schedule: dict = field(default_factory=dict)  # the timing events recorded (or imposed)
+
+
+def served_worker(plan: RunPlan, group: int) -> int:
+    """The worker whose model a group serves: its first honest worker (deterministic choice)."""
+    return plan.honest(group)[0]
+
+
+def train(config: Config, outdir: str | os.PathLike[str] | None = None, *, backend: Backend | None = None,
+          progress: bool = True, hooks: Hooks = NO_HOOKS, dataset: Dataset | None = None,
+          schedule: Schedule | None = None) -> TrainResult:
+    """Train every group for every stage; return (and, with ``outdir``, write) the results.
+
+    ``outdir`` must be new or empty; it is locked for the run, marked ``INCOMPLETE`` until every
+    file is written, and becomes a state directory with a deletion ledger. ``schedule`` (a recorded
+    one, from a state directory) is imposed instead of recording timing events: that is how
+    ``verify`` retrains a run whose workers missed deadlines. ``hooks.on_round`` is told each round.
+    """
+    if outdir is None:
+        return _train(config, None, backend, progress, hooks, dataset, schedule)
+    outdir = os.fspath(outdir)
+    statedir.prepare_new(outdir)
+    with statedir.exclusive(outdir, "train"):
+        statedir.mark_incomplete(outdir, f"training started {time.strftime('%Y-%m-%d %H:%M:%S')} by pid "
+                                         f"{os.getpid()} did not finish")
+        try:
+            result = _train(config, outdir, backend, progress, hooks, dataset, schedule)
+        except BaseException as exc:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {type(exc).__name__}: {exc}"
+            statedir.mark_incomplete(outdir, f"training {reason}")
+            raise
+        statedir.clear_incomplete(outdir)
+        faults.point("train.complete")
+        return result
+
+
+def _train(config: Config, outdir: str | None, backend: Backend | None, progress: bool, hooks: Hooks,
+           dataset: Dataset | None, schedule: Schedule | None) -> TrainResult:
+    began = time.perf_counter()
+    if config.deterministic:
+        set_deterministic(config.threads)
+    source = dataset if dataset is not None else load_config_dataset(config)
+    plan = make_plan(config, state_dir=outdir, dataset=source)
+    ledger: Ledger | None = None
+    if outdir is not None:
+        write_json(os.path.join(outdir, CONFIG_JSON), config.to_dict())
+        ledger = ledger_mod.create(outdir, {"source_digest": dataset_digest(source), "stages": stage_rounds(config),
+                                            "config_sha256": _sha256_json(config.to_dict())})
+    backend = backend or make_backend(config)
+    checkpoints = CheckpointStore(outdir) if outdir is not None else None
+    metrics: list[dict[str, Any]] = []
+    # Closed in the finally below, which also stops the backend: one cleanup for both.
+    metrics_file: IO[str] | None = open(os.path.join(outdir, METRICS_JSONL), "w") if outdir else None  # noqa: SIM115
+    try:
+        backend.start(plan.specs, plan.data)
+        session = Session(plan, backend, schedule=dict(schedule or {}), replay_schedule=schedule is not None,
+                          max_stage_attempts=config.backend.max_restarts + 1)
+        groups = plan.groups
+        shown = [0]
+
+        def after_round(t: int) -> None:
+            hooks.on_round(t, backend)
+            if t + 1 > shown[0]:  # a redone stage repeats rounds: the bar counts each round once
+                bar.advance(t + 1 - shown[0])
+                shown[0] = t + 1
+            if (t + 1) % config.training.eval_every == 0 or t + 1 == config.training.rounds:
+                record = evaluation_record(plan, session, t + 1, began)
+                metrics.append(record)
+                if metrics_file:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                bar.advance(0, round_message(record))
+
+        checkpoint_index: dict[str, CheckpointInfo] = {}
+        states = session.states(groups)  # the initial models
+        metrics.append(evaluation_record(plan, session, 0, began))  # round 0: where training starts
+        if metrics_file:
+            metrics_file.write(json.dumps(metrics[0]) + "\n")
+        with progress_bar(config.training.rounds, "train", enabled=progress) as bar:
+            for stage in range(config.unlearning.slices):
+                states = session.run_stage(groups, stage, states, on_round=after_round)
+                if checkpoints is not None:
+                    for g, info in session.checkpoint(checkpoints, states, groups, stage).items():
+                        checkpoint_index[checkpoint_key(g, stage)] = info
+                    faults.point(f"train.stage:{stage}")
+        leftover = session.take_failures()
+        if leftover and metrics:  # failures after the last evaluation (a redone last stage) still count
+            metrics[-1]["failures"].extend(leftover)
+        params = session.honest_parameters(groups)
+        summary = make_summary(plan, session, params, metrics, elapsed(began))
+        summary["schedule_events"] = sum(len(w) for rounds in session.schedule.values() for w in rounds.values())
+        if outdir is not None and ledger is not None:
+            record = version_record(summary, checkpoint_index)
+            ledger.set_schedule(session.schedule)
+            ledger.set_store_hashes(store_hashes(plan))
+            ledger.publish(None, 1, record, None)
+            write_state_json(outdir, ledger)
+            summary["model_version"] = 1
+            write_json(os.path.join(outdir, SUMMARY_JSON), summary)
+            write_accuracy_plot(metrics, os.path.join(outdir, "accuracy.png"), title=plot_title(config),
+                                versions=[{"model_version": 1, **record.evaluation}])
+        return TrainResult(config, summary, metrics, params, dict(session.schedule))
+    finally:
+        if metrics_file:
+            metrics_file.close()
+        if ledger is not None:
+            ledger.close()
+        backend.shutdown()
+
+
+def version_record(summary: Mapping[str, Any], checkpoint_index: Mapping[str, CheckpointInfo]) -> VersionRecord:
+    """What the ledger keeps of the version a training run publishes."""
+    return VersionRecord(
+        worker_digests=summary["worker_digests"],
+        group_digests=summary["group_digests"],
+        served_workers=summary["served_workers"],
+        checkpoints=dict(checkpoint_index),
+        gradient_evaluations=summary["gradient_evaluations"],
+        evaluation={"honest_test_accuracy": summary["honest_test_accuracy"],
+                    "ensemble_test_accuracy": summary["ensemble_test_accuracy"]},
+    )
+
+
+def store_hashes(plan: RunPlan) -> dict[int, str]:
+    """sha256 of every worker's ``rows.npz`` as it is on disk now."""
+    return {j: file_sha256(os.path.join(d.store_path, "rows.npz")) for j, d in plan.data.items() if d.store_path}
+
+
+def model_digests(plan: RunPlan, thetas: Mapping[int, np.ndarray]) -> tuple[dict[str, str], dict[str, str]]:
+    """(worker digests, group digests) of a model version: every honest worker's parameter digest, and each
+    group's served worker's (the one place digests are computed)."""
+    workers = {str(j): parameter_digest(as_tensor(theta)) for j, theta in sorted(thetas.items())}
+    return workers, {str(g): workers[str(served_worker(plan, g))] for g in plan.groups}
+
+
+def plot_title(config: Config) -> str:
+    t, b, u = config.training, config.byzantine, config.unlearning
+    byz = f"{b.count} Byzantine ({b.behaviour})" if b.count else "no Byzantine"
+    return (f"{config.data.source} / {config.model.name}: {u.groups} group(s) x {t.workers} workers, {byz}, "
+            f"{t.protocol}+{t.rule}{'+' + '+'.join(p if isinstance(p, str) else p[0] for p in t.pre) if t.pre else ''}")
+
+
+def _sha256_json(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def evaluation_record(plan: RunPlan, session: Session, round_: int, began: float) -> dict:
+    session.flush(plan.groups)
+    params = session.honest_parameters(plan.groups)
+    acc, loss = {}, {}
+    for j, theta in sorted(params.items()):
+        acc[j], loss[j] = evaluate(plan.specs[j], theta, plan.test_features, plan.test_labels)
+    return {
+        "round": round_,
+        "accuracy": {str(j): _finite(a) for j, a in acc.items()},
+        "loss": {str(j): _finite(v) for j, v in loss.items()},
+        "honest_accuracy": stats([a for a in acc.values() if math.isfinite(a)]),
+        "failures": session.take_failures(),
+        "elapsed_s": elapsed(began),
+    }
+
+
+def make_summary(plan: RunPlan, session: Session, params: dict[int, np.ndarray], metrics: list[dict],
+                 wall_s: float) -> dict:
+    config = plan.config
+    acc = metrics[-1]["accuracy"]  # the last round is always evaluated, on these same parameters
+    served = {g: served_worker(plan, g) for g in plan.groups}
+    ensemble = None
+    if len(plan.test_labels):
+        ensemble = round(ensemble_accuracy([plan.specs[served[g]] for g in plan.groups],
+                                           [params[served[g]] for g in plan.groups],
+                                           plan.test_features, plan.test_labels, config.unlearning.vote), 6)
+    failures = sum(len(m["failures"]) for m in metrics)
+    worker_digests, group_digests = model_digests(plan, params)
+    return {
+        "rounds": config.training.rounds,
+        "honest_test_accuracy": stats([a for a in acc.values() if a is not None]),
+        "ensemble_test_accuracy": ensemble,
+        **({} if len(plan.test_labels) else {"note": NO_TEST_SPLIT}),
+        "wall_time_s": wall_s,
+        "gradient_evaluations": int(sum(session.gradient_evaluations.values())),
+        "failures": failures,
+        "worker_digests": worker_digests,
+        "group_digests": group_digests,
+        "served_workers": {str(g): j for g, j in served.items()},
+        "train_samples": int(sum(len(d.ids) for d in plan.data.values())),
+        "test_samples": int(len(plan.test_labels)),
+        "data_digest": ids_digest(i for d in plan.data.values() for i in d.ids),
+    }
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(array, dtype=np.float32))
+
+
+def stats(values: list[float]) -> dict[str, float | None]:
+    """min/mean/max, rounded; None (JSON null, never NaN) when nothing was measured."""
+    if not values:
+        return {"min": None, "mean": None, "max": None}
+    return {"min": round(min(values), 6), "mean": round(sum(values) / len(values), 6), "max": round(max(values), 6)}
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def round_message(record: dict) -> str:
+    acc = record["honest_accuracy"]
+    if acc["mean"] is None:
+        return f"round {record['round']}: no test split, accuracy not measured"
+    return f"round {record['round']}: honest acc min {acc['min']:.3f} mean {acc['mean']:.3f}"
