@@ -242,13 +242,20 @@ def test_verbose_shows_the_traceback_of_a_user_error(tmp_path, capsys):
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("ostracon: error:")
 
 
-def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# "ignored": how a non-interactive shell starts `ostracon train ... &` (and nohup): the process inherits
+# SIGINT ignored, and the CLI must restore the default handler for Ctrl-C / kill -INT to work.
+@pytest.mark.parametrize("inherited_sigint", ["default", "ignored"])
+def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path, inherited_sigint):
     config = _config(tmp_path, _digits_npz(tmp_path / "digits.npz"))
     out = tmp_path / "out"
     # A long run with an evaluation every round: its first progress line says training has begun.
     proc = subprocess.Popen([OSTRACON, "train", "-c", config, "-o", str(out), "--set", "training.rounds=100000",
                              "--set", "training.eval_every=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_ignore_sigint if inherited_sigint == "ignored" else None)
     try:
         first = proc.stderr.readline()
         assert "round 1" in first, first
