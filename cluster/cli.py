@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import inspect
 import json
 import logging
 import os
@@ -12,6 +13,8 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 
 from .config import BACKENDS, load, parse_overrides
@@ -19,6 +22,19 @@ from .errors import OstraconError, RequestError, StateDirError
 from .vocabulary import DeletionMode, OperationState
 
 log = logging.getLogger("ostracon")
+
+# Commands that create state files (raw rows in stores, the ledger of deleted ids, checkpoints,
+# certificates): they run with umask 077, so what they create is 0600/0700 (README, "Limits").
+PRIVATE_COMMANDS = ("train", "serve", "unlearn")
+PRIVATE_UMASK = 0o077
+
+# `ostracon serve` input limits: flag -> (Deployment argument, default); README, "Limits".
+SERVE_LIMITS = {
+    "--max-id-chars": ("max_id_chars", 256, "longest sample id accepted"),
+    "--max-idempotency-key-chars": ("max_idempotency_key_chars", 256, "longest idempotency key accepted"),
+    "--max-predict-rows": ("max_predict_rows", 4096, "most rows in one Predict"),
+    "--max-predict-bytes": ("max_predict_bytes", 16 * 1024 * 1024, "most input bytes in one Predict"),
+}
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -106,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="file holding the bearer token clients must send (wins over $OSTRACON_TOKEN)")
     p.add_argument("--tls-cert", help="PEM certificate chain for TLS (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key for TLS (with --tls-cert)")
-    p.add_argument("--max-ids-per-request", type=int, default=10_000, help="largest Delete accepted (default 10000)")
+    p.add_argument("--max-ids-per-request", type=int, default=10_000,
+                   help="most sample ids in one Delete, duplicates included (default 10000)")
+    for flag, (dest, default, what) in SERVE_LIMITS.items():
+        p.add_argument(flag, dest=dest, type=int, default=default, help=f"{what} (default {default})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an approximate-unlearning setting for the requests it serves, e.g. "
                         "--set unlearning.method=ft (repeatable)")
@@ -158,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return COMMANDS[args.command](args)
+        with private_files() if args.command in PRIVATE_COMMANDS else nullcontext():
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         if args.verbose:
             traceback.print_exc()
@@ -175,6 +195,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"ostracon: error: {message}", file=sys.stderr)
         return 2
+
+
+@contextmanager
+def private_files() -> Iterator[None]:
+    """Run the block with umask 077 (files 0600, folders 0700), then restore the caller's umask."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 # Path and disk problems: the user can fix them, and the message names the path.
@@ -382,16 +412,26 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .service.auth import load_token
+    from .service.auth import load_server_token
     from .service.server import serve
 
     if args.max_ids_per_request < 1:
         raise RequestError(f"--max-ids-per-request {args.max_ids_per_request}: must be at least 1")
+    limits = {}
+    accepted = inspect.signature(serve).parameters
+    for flag, (dest, default, _) in SERVE_LIMITS.items():
+        value = getattr(args, dest)
+        if value < 1:
+            raise RequestError(f"{flag} {value}: must be at least 1")
+        if value != default:
+            if dest not in accepted and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+                raise RequestError(f"{flag}: this server cannot set {dest} yet; leave it at its default ({default})")
+            limits[dest] = value
     if not 0 <= args.port <= 65535:
         raise RequestError(f"--port {args.port}: not a TCP port (0-65535; 0 picks a free one)")
     return serve(args.state_dir, config_path=args.config, overrides=_unlearn_overrides(args), host=args.host,
-                 port=args.port, token=load_token(args.token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
-                 max_ids_per_request=args.max_ids_per_request)
+                 port=args.port, token=load_server_token(args.token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
+                 max_ids_per_request=args.max_ids_per_request, **limits)
 
 
 def _client(args):

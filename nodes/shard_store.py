@@ -35,6 +35,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -43,6 +44,10 @@ from .durable import TMP_SUFFIX, fsync_dir, write_atomic, write_bytes_atomic
 
 ROWS_FILE = "rows.npz"
 LOG_FILE = "tombstones.jsonl"
+# Created owner-only whatever the umask (rows.npz goes through durable.write_atomic: the process umask,
+# 077 under `ostracon train/serve/unlearn`, decides its mode).
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 _FORMAT_VERSION = 1
 
 # A store's rows, column by column: (ids, features, labels, slices).
@@ -98,7 +103,7 @@ class ShardStore:
             store = cls.open(path)
             store._require_same_rows(_drop(rows, store._deleted))
             return store
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         _remove_stale_temporaries(path)
         deleted = _read_log(path)  # a log without rows: crash during first creation
         rows = _drop(rows, deleted)
@@ -136,7 +141,7 @@ class ShardStore:
         and the given rows minus ``deleted`` its rows. Used to repair a lost or damaged store from a
         trusted record of deletions; both files are replaced atomically, the log first."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         _remove_stale_temporaries(path)
         deleted = set(_request_ids(sorted(deleted)))
         rows = _drop(_validate_rows(ids, features, labels, slices), deleted)
@@ -378,8 +383,13 @@ def _read_rows(path: Path) -> Rows:
     return ids, features, labels, slices
 
 
+def _private_append(path: Path) -> BinaryIO:
+    """Open ``path`` for appending; created 0600 (a store's files hold raw rows and deleted ids)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE), "ab")
+
+
 def _create_empty_log(path: Path) -> None:
-    with open(path / LOG_FILE, "ab") as handle:
+    with _private_append(path / LOG_FILE) as handle:
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -389,7 +399,7 @@ def _append_tombstones(path: Path, ids: list[str]) -> None:
     line = json.dumps({"ids": ids, "time": time.time()}, ensure_ascii=False) + "\n"
     log = path / LOG_FILE
     created = not log.exists()
-    with open(log, "ab") as handle:
+    with _private_append(log) as handle:
         handle.write(line.encode("utf-8"))  # one write: a crash leaves at most a partial last line
         handle.flush()
         os.fsync(handle.fileno())

@@ -79,12 +79,15 @@ def test_validation_errors_change_nothing(state, config):
             (RequestError, dict(ids=some, mode="bogus")),
             (RequestError, dict(ids=some, mode="exact", method="salun")),
             (RequestError, dict(ids=some, mode="approximate", method="no_such_method")),
+            (RequestError, dict(ids=some * 4)),  # counted as given, duplicates included (tests/test_input_bounds.py)
+            (RequestError, dict(ids=["i" * 257])),
+            (RequestError, dict(ids=some, idempotency_key="k" * 257)),
         ]
         for error, kwargs in cases:
             with pytest.raises(error) as info:
                 dep.delete(**kwargs)
             if error is RequestError:
-                assert str(info.value).split(":")[0] in ("sample_ids", "mode", "method")
+                assert str(info.value).split(":")[0] in ("sample_ids", "mode", "method", "idempotency_key")
         with pytest.raises(UnknownIdsError, match="no-such-id"):
             dep.delete(["no-such-id"])
         with pytest.raises(UnknownIdsError, match="no-such-id"):

@@ -34,6 +34,7 @@ from ostracon.v1 import coordinator_pb2_grpc as pb_grpc
 from helpers import assert_consistent, retrain_digests, trainer_ids, tree_bytes
 
 TOKEN = "t0ken-for-tests"
+SERVE_TOKEN = "t0ken-for-tests-served-by-the-command-line"  # `ostracon serve` wants 32 bytes or more
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 C = grpc.StatusCode
 MAX_IDS = 50
@@ -345,8 +346,9 @@ def test_cli_serve_delete_wait_certificate_status_ops_and_sigterm(tmp_path, trai
     state = tmp_path / "state"
     shutil.copytree(trained, state)
     token_file = tmp_path / "token"
-    token_file.write_text(f"  {TOKEN}\n")
-    env = {k: v for k, v in os.environ.items() if k != "OSTRACON_TOKEN"}
+    token_file.write_text(f"  {SERVE_TOKEN}\n")
+    token_file.chmod(0o600)  # `ostracon serve` refuses a token file others can read, or a short token
+    env = {k: v for k, v in os.environ.items() if k not in ("OSTRACON_TOKEN", "OSTRACON_ALLOW_WEAK_TOKEN")}
     server = subprocess.Popen([sys.executable, "-m", "ostracon.cluster.cli", "serve", "--state-dir", str(state),
                                "--port", "0", "--token-file", str(token_file)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
@@ -355,7 +357,7 @@ def test_cli_serve_delete_wait_certificate_status_ops_and_sigterm(tmp_path, trai
         assert line.startswith("serving ostracon.v1.Coordinator on 127.0.0.1:"), (line, server.poll())
         address = line.split(" on ", 1)[1].strip()
         assert json.loads((state / "server.json").read_text()) == {"address": address, "pid": server.pid}
-        client_env = {**env, "OSTRACON_TOKEN": TOKEN}
+        client_env = {**env, "OSTRACON_TOKEN": SERVE_TOKEN}
         ids = trainer_ids(config, 2, seed=61)
         done = _cli("delete", "--target", address, "--ids", ",".join(ids), "--wait", env=client_env)
         assert done.returncode == 0, done.stderr

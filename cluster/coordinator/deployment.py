@@ -14,6 +14,11 @@ approximate version early) and the operations' bookkeeping.
 A replay that keeps failing (a worker dying every attempt) is rolled back before anything is
 published: the ledger request is abandoned, the stores agree with the ledger again, and the
 operations FAIL with the reason.
+
+Every input is bounded before any work (docs/design.md, invariant 5); each refusal is a
+:class:`~ostracon.cluster.unlearning.requests.LimitExceededError` (a ``RequestError``) whose message
+starts with the field and names the limit. The limits are constructor arguments (``ostracon serve``
+flags); the defaults are the ``DEFAULT_*`` constants below.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from ostracon.nodes.worker import Worker, WorkerSpec
 
 from .. import faults
 from ..config import load
-from ..errors import PreconditionError, RequestError
+from ..errors import ConfigError, PreconditionError, RequestError
 from ..execution.backend import Backend
 from ..execution.ensemble import predict_with_probabilities
 from ..execution.hooks import Hooks
@@ -44,16 +49,31 @@ from ..storage.ledger import ledger_path
 from ..storage.records import Certificate, NothingToDelete
 from ..unlearning.exact import LiveWorkers, abandon_request, recover, start_workers
 from ..unlearning.execute import execute
-from ..unlearning.requests import DeletionRequest, UnlearningError, parse_request, validate_request
+from ..unlearning.requests import (
+    DeletionRequest,
+    LimitExceededError,
+    UnlearningError,
+    parse_request,
+    shown,
+    validate_request,
+)
 from ..unlearning.trained import TrainedState, final_thetas, open_state, sync_stores
 from ..vocabulary import DeletionMode, OperationState, PhaseOutcome, RequestStep
-from .journal import Journal, NotPendingAnymore, Operation, mark_running, transition
+from .journal import MAX_PAGE_SIZE, Journal, NotPendingAnymore, Operation, mark_running, transition
 from .status import ClusterStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
 
 HOLD_ENV = "OSTRACON_TEST_HOLD_REPLAY_WHILE"  # tests and drills: a path; each replay round waits while it exists
 HOLD_POLL_S = 0.05
+
+# Input limits (docs: README, "Limits"); each is a Deployment argument and an `ostracon serve` flag.
+DEFAULT_MAX_IDS_PER_REQUEST = 10_000  # sample_ids of one Delete, counted as given (duplicates included)
+DEFAULT_MAX_ID_CHARS = 256  # characters of one sample id
+DEFAULT_MAX_IDEMPOTENCY_KEY_CHARS = 256  # characters of an idempotency key
+DEFAULT_MAX_PREDICT_ROWS = 4096  # rows (samples) of one Predict
+DEFAULT_MAX_PREDICT_BYTES = 16 * 1024 * 1024  # bytes of one Predict's inputs (as decoded)
+MAX_OPERATION_ID_CHARS = 32  # op- and a sequence number; anything longer is no operation id
 
 __all__ = ["ClusterStatus", "Deployment", "Operation", "WorkerStatus"]
 
@@ -89,12 +109,20 @@ class Deployment:
     """A trained state directory served warm; see the module docstring."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, config_path: str | os.PathLike[str] | None = None,
-                 overrides: Mapping[str, Any] | None = None, max_ids_per_request: int = 10_000,
-                 hooks: Hooks | None = None):
+                 overrides: Mapping[str, Any] | None = None, max_ids_per_request: int = DEFAULT_MAX_IDS_PER_REQUEST,
+                 hooks: Hooks | None = None, max_id_chars: int = DEFAULT_MAX_ID_CHARS,
+                 max_idempotency_key_chars: int = DEFAULT_MAX_IDEMPOTENCY_KEY_CHARS,
+                 max_predict_rows: int = DEFAULT_MAX_PREDICT_ROWS, max_predict_bytes: int = DEFAULT_MAX_PREDICT_BYTES,
+                 max_page_size: int = MAX_PAGE_SIZE):
         self.state_dir = os.fspath(state_dir)
         self.config_path = None if config_path is None else os.fspath(config_path)
         self.overrides = dict(overrides or {})
-        self.max_ids_per_request = int(max_ids_per_request)
+        self.max_ids_per_request = _limit("max_ids_per_request", max_ids_per_request)
+        self.max_id_chars = _limit("max_id_chars", max_id_chars)
+        self.max_idempotency_key_chars = _limit("max_idempotency_key_chars", max_idempotency_key_chars)
+        self.max_predict_rows = _limit("max_predict_rows", max_predict_rows)
+        self.max_predict_bytes = _limit("max_predict_bytes", max_predict_bytes)
+        self.max_page_size = _limit("max_page_size", max_page_size)
         self.hooks = hooks or Hooks()  # tests: on_round(t, backend) each replay round, e.g. to kill an actor
         self.backend_name = ""
         self.input_shape: tuple[int, ...] = ()
@@ -370,14 +398,22 @@ class Deployment:
 
     def delete(self, ids: Sequence[str], mode: str | DeletionMode = DeletionMode.EXACT, method: str = "",
                idempotency_key: str = "") -> Operation:
-        """Validate, then commit a PENDING operation (or return the one ``idempotency_key`` names)."""
+        """Validate, then commit a PENDING operation (or return the one ``idempotency_key`` names).
+
+        The bounds come first, each in O(1) or one pass over the ids: the key's length, the number of ids
+        as given (10M copies of one id are refused before anything walks them), each id's length."""
         if not isinstance(idempotency_key, str):
             raise RequestError("idempotency_key: must be a string")
+        if len(idempotency_key) > self.max_idempotency_key_chars:
+            raise LimitExceededError(f"idempotency_key: {len(idempotency_key)} characters exceed "
+                                     f"max_idempotency_key_chars = {self.max_idempotency_key_chars}",
+                                     "idempotency_key")
         journal = self._require_running()
         assert self._plan is not None
         try:  # the command line's validator; a request is a set of ids here
             request = parse_request(ids, mode or DeletionMode.EXACT, method or None,
-                                    max_ids=self.max_ids_per_request, merge_duplicates=True)
+                                    max_ids=self.max_ids_per_request, merge_duplicates=True,
+                                    max_id_chars=self.max_id_chars)
         except UnlearningError as exc:
             raise exc.in_field() from None
         validate_request(request.ids, self._plan.placement, set(), self._plan.test_ids.tolist())
@@ -390,11 +426,13 @@ class Deployment:
         return self._journal_or_fail().get(_op_id(op_id))
 
     def operations(self, page_size: int = 50, page_token: str = "") -> tuple[list[Operation], str]:
-        return self._journal_or_fail().page(page_size, page_token)
+        """Newest first; ``page_size`` above ``max_page_size`` is served as ``max_page_size`` (AIP-158)."""
+        return self._journal_or_fail().page(page_size, page_token, self.max_page_size)
 
     def cancel(self, op_id: str) -> Operation:
         journal = self._journal_or_fail()
-        op = journal.cancel(_op_id(op_id))
+        op_id = _op_id(op_id)
+        op = journal.cancel(op_id)
         if op is None:
             state = journal.get(op_id).state.value
             raise PreconditionError(f"operation {op_id} is {state}: only a PENDING operation can be cancelled")
@@ -440,17 +478,35 @@ class Deployment:
         return Certificate.from_json(body)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """(labels int64 (n,), probabilities float32 (n, C), model_version) of the published version."""
+        """(labels int64 (n,), probabilities float32 (n, C), model_version) of the published version.
+
+        Refused before any model work: another dtype or shape, more than ``max_predict_rows`` rows or
+        ``max_predict_bytes`` bytes, and any NaN or infinite value."""
         if self._model is None:
             raise PreconditionError("the deployment is not running")
         if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
             raise RequestError(f"inputs: dtype must be float32 or float64, got {getattr(x, 'dtype', type(x).__name__)}")
+        self.check_predict_size(x.shape[0] if x.ndim else 1, x.nbytes)
         if x.ndim != 1 + len(self.input_shape) or tuple(x.shape[1:]) != self.input_shape:
             raise RequestError(f"inputs: shape must be (n, {', '.join(map(str, self.input_shape))}), "
                                f"got {tuple(x.shape)}")
+        if x.size and not np.isfinite(x).all():
+            bad = np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))
+            raise RequestError(f"inputs: {len(bad)} row(s) hold NaN or infinite values (first: row {int(bad[0])}); "
+                               "send finite numbers")
         version, specs, thetas, vote = self._model
         labels, probabilities = predict_with_probabilities(specs, thetas, x, vote)
         return labels, probabilities, version
+
+    def check_predict_size(self, rows: int, nbytes: int) -> None:
+        """Refuse a Predict of more than ``max_predict_rows`` rows or ``max_predict_bytes`` bytes; callable
+        before the inputs are decoded (the service checks the tensor's declared shape and byte length)."""
+        if rows > self.max_predict_rows:
+            raise LimitExceededError(f"inputs: {rows} rows exceed max_predict_rows = {self.max_predict_rows}; "
+                                     "split the batch", "inputs")
+        if nbytes > self.max_predict_bytes:
+            raise LimitExceededError(f"inputs: {nbytes} bytes exceed max_predict_bytes = {self.max_predict_bytes}; "
+                                     "split the batch", "inputs")
 
     def status(self) -> ClusterStatus:
         journal = self._journal_or_fail()
@@ -473,7 +529,17 @@ class Deployment:
 def _op_id(op_id: str) -> str:
     if not isinstance(op_id, str) or not op_id:
         raise RequestError("operation_id: give an operation id (e.g. op-000001)")
+    if len(op_id) > MAX_OPERATION_ID_CHARS:
+        raise RequestError(f"operation_id: {shown(op_id, 40)} is no operation id (longer than "
+                           f"{MAX_OPERATION_ID_CHARS} characters; ids look like op-000001)")
     return op_id
+
+
+def _limit(name: str, value: int) -> int:
+    """A limit given to :class:`Deployment`: a whole number, at least 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name}: {value!r} is not a limit; give a whole number, at least 1")
+    return int(value)
 
 
 def _has_state(state_dir: str) -> bool:

@@ -10,12 +10,18 @@ States: PENDING -> RUNNING -> SUCCEEDED | FAILED, or PENDING -> CANCELLED (and P
 SUCCEEDED when every id was already deleted). The mark RUNNING is written in the same transaction
 as the ledger request, so after any crash an operation is PENDING (not in the ledger), RUNNING with
 a request the ledger finishes, or final.
+
+Operation ids are ``op-`` and a sequence number, zero-padded to six digits (``op-000001``; from a million
+on they simply grow: ``op-1000000``). Everything that orders operations (oldest first for the worker
+thread, newest first for :meth:`Journal.page` and its tokens) orders by that NUMBER, never by the id's
+text, through an index on the number (created when a journal opens, so older ledgers gain it too).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -24,9 +30,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import IdempotencyConflictError, OperationNotFoundError, RequestError
+from ..unlearning.requests import shown
 from ..vocabulary import DeletionMode, OperationState
 
 T = TypeVar("T")
+
+# The sequence number of an operation id ("op-1000000" -> 1000000): what every ORDER BY and page token uses
+# (the text order would put op-1000000 between op-100000 and op-100001). Indexed as this exact expression.
+NUMBER = "CAST(substr(id, 4) AS INTEGER)"
+_INDEX = f"CREATE INDEX IF NOT EXISTS operations_by_number ON operations({NUMBER})"
+_TOKEN = re.compile(r"op-[0-9]{1,18}")
+MAX_PAGE_SIZE = 1000  # a larger page_size is served as this many (AIP-158: coerced, not refused)
+DEFAULT_PAGE_SIZE = 50  # page_size 0 (unset)
 
 _COLUMNS = ("id, state, progress, message, sample_ids, create_time, update_time, model_version, mode, method, "
             "request_id")
@@ -111,6 +126,7 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute(_INDEX)  # ledgers written before the index existed gain it here
         self._lock = threading.RLock()
         self._changed = threading.Condition()
         self._generation = 0
@@ -168,7 +184,7 @@ class Journal:
                             f"idempotency_key {key!r} was used by operation {row[0]} with a different request body "
                             "(other sample ids, mode or method)")
                     return _read(db, row[0]), False
-            (last,) = db.execute("SELECT COALESCE(MAX(CAST(substr(id, 4) AS INTEGER)), 0) FROM operations").fetchone()
+            (last,) = db.execute(f"SELECT COALESCE(MAX({NUMBER}), 0) FROM operations").fetchone()
             now = time.time()
             op = Operation(f"op-{last + 1:06d}", OperationState.PENDING, 0.0, "queued", tuple(ids), now, now, 0, mode,
                            method)
@@ -203,26 +219,27 @@ class Journal:
         """Operations in ``states``, oldest first."""
         marks = ", ".join("?" for _ in states)
         return [_operation(r) for r in self._query(f"SELECT {_COLUMNS} FROM operations WHERE state IN ({marks}) "
-                                                   "ORDER BY id", tuple(s.value for s in states))]
+                                                   f"ORDER BY {NUMBER}", tuple(s.value for s in states))]
 
     def carried_by(self, request_id: int) -> list[Operation]:
         return [_operation(r) for r in self._query(f"SELECT {_COLUMNS} FROM operations WHERE request_id = ? "
-                                                   "ORDER BY id", (request_id,))]
+                                                   f"ORDER BY {NUMBER}", (request_id,))]
 
     def count(self, state: OperationState) -> int:
         return int(self._query("SELECT COUNT(*) FROM operations WHERE state = ?", (state.value,))[0][0])
 
-    def page(self, page_size: int, page_token: str) -> tuple[list[Operation], str]:
-        """Newest first; the token is the id of the last operation of the previous page."""
-        if page_token and not (page_token.startswith("op-") and page_token[3:].isdigit()):
-            raise RequestError(f"page_token: {page_token!r} is not a token this server issued")
-        size = 50 if page_size <= 0 else min(int(page_size), 1000)
+    def page(self, page_size: int, page_token: str, max_page_size: int = MAX_PAGE_SIZE) -> tuple[list[Operation], str]:
+        """Newest first (by sequence number); the token is the id of the last operation of the previous page.
+        ``page_size`` 0 or less: :data:`DEFAULT_PAGE_SIZE`; above ``max_page_size``: that many."""
+        if page_token and not _TOKEN.fullmatch(page_token):
+            raise RequestError(f"page_token: {shown(page_token, 40)} is not a token this server issued")
+        size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(int(page_size), max_page_size)
         sql = f"SELECT {_COLUMNS} FROM operations"
         args: tuple[Any, ...] = ()
         if page_token:
-            sql += " WHERE id < ?"
-            args = (page_token,)
-        rows = self._query(sql + " ORDER BY id DESC LIMIT ?", args + (size + 1,))
+            sql += f" WHERE {NUMBER} < ?"
+            args = (int(page_token[3:]),)
+        rows = self._query(sql + f" ORDER BY {NUMBER} DESC LIMIT ?", args + (size + 1,))
         ops = [_operation(r) for r in rows[:size]]
         return ops, (ops[-1].id if len(rows) > size else "")
 

@@ -7,7 +7,14 @@ too many ids, idempotency).
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
+from concurrent.futures import Executor
+from typing import NoReturn
+
 import grpc
+import grpc.aio
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -19,21 +26,20 @@ from ..coordinator.status import ClusterStatus
 from ..errors import RequestError
 from ..storage.records import Certificate, NothingToDelete
 from ..vocabulary import DeletionMode
+from .auth import presented_token
 from .statuses import status_for
 from .tensors import decode_inputs, encode
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # "ostracon.v1.Coordinator"
-WATCH_POLL_S = 1.0  # a watch wakes this often to notice a client that went away
+WATCH_POLL_MIN_S = 0.05  # a watch polls the journal this soon after an event ...
+WATCH_POLL_S = 0.25  # ... and backs off to this while nothing happens (no thread waits between polls)
+MAX_WATCHES_PER_CALLER = 32  # open WatchOperation streams per bearer token; more: RESOURCE_EXHAUSTED
 DEFAULT_PAGE_SIZE = 50
 
 # The wire enums spell the vocabulary's members: DELETION_MODE_<NAME>, OPERATION_STATE_<VALUE>.
 MODE_ENUMS = {mode: pb.DeletionMode.Value(f"DELETION_MODE_{mode.name}") for mode in DeletionMode}
 MODES = {pb.DELETION_MODE_UNSPECIFIED: DeletionMode.EXACT,  # the server's default
          **{number: mode for mode, number in MODE_ENUMS.items()}}
-
-
-class CallAborted(Exception):
-    """Raised by :func:`_abort` so type checkers see it never returns (``context.abort`` raises too)."""
 
 
 def timestamp(unix_seconds: float) -> Timestamp:
@@ -70,13 +76,13 @@ def cluster_status_proto(status: ClusterStatus) -> pb.ClusterStatus:
                             queue_depth=int(status.queue_depth), backend=status.backend)
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str):
-    context.abort(code, details)
-    raise CallAborted(details)  # not reached: abort raises
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("not reached: abort raises")
 
 
-def _abort_for(context: grpc.ServicerContext, exc: BaseException):
-    _abort(context, *status_for(exc))
+async def _abort_for(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    await _abort(context, *status_for(exc))
 
 
 def validate_delete(request: pb.DeleteRequest) -> tuple[list[str], DeletionMode]:
@@ -91,93 +97,135 @@ def validate_delete(request: pb.DeleteRequest) -> tuple[list[str], DeletionMode]
     return list(request.sample_ids), MODES[request.mode]
 
 
-def _operation_id(request, context) -> str:
+async def _operation_id(request, context) -> str:
     if not request.operation_id:
-        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "operation_id: empty; give an operation id")
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "operation_id: empty; give an operation id")
     return request.operation_id
 
 
+def _caller(context) -> str:
+    """Whom a per-caller limit counts: a digest of the bearer token ("" without one)."""
+    token = presented_token(context.invocation_metadata())
+    return hashlib.sha256(token).hexdigest() if token is not None else ""
+
+
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
-    """The RPCs; every call needs a warm deployment (UNAVAILABLE while it starts)."""
+    """The RPCs, as coroutines on the server's event loop; every deployment call runs in ``pool`` (a bounded
+    executor), so a slow or waiting call never holds the loop. Every call needs a warm deployment
+    (UNAVAILABLE while it starts). At most ``max_watches_per_caller`` WatchOperation streams are open per
+    bearer credential (all callers share one count when the server has no token)."""
 
-    def __init__(self, deployment):
+    def __init__(self, deployment, pool: Executor, *, max_watches_per_caller: int = MAX_WATCHES_PER_CALLER,
+                 per_token: bool = True):
         self.deployment = deployment
+        self.per_token = per_token  # False (no token on the server): one count for everybody
+        self.pool = pool
+        self.max_watches_per_caller = max_watches_per_caller
+        self._watches: dict[str, int] = {}  # caller -> open streams; a caller with none has no entry
 
-    def _ready(self, context) -> None:
+    async def _ready(self, context) -> None:
         if not self.deployment.ready:
-            _abort(context, grpc.StatusCode.UNAVAILABLE,
-                   f"{SERVICE_NAME} is not ready: the cluster is starting or stopping (health says SERVING when ready)")
+            await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                         f"{SERVICE_NAME} is not ready: the cluster is starting or stopping "
+                         "(health says SERVING when ready)")
 
-    def _call(self, context, fn, *args, **kwargs):
-        self._ready(context)
+    async def _run(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+
+    async def _call(self, context, fn, *args, **kwargs):
+        await self._ready(context)
         try:
-            return fn(*args, **kwargs)
+            return await self._run(fn, *args, **kwargs)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # noqa: BLE001 - every error becomes a status; bugs are INTERNAL and logged
-            _abort_for(context, exc)
+            failure = exc
+        await _abort_for(context, failure)
 
-    def Delete(self, request, context):
-        self._ready(context)
+    async def Delete(self, request, context):
+        await self._ready(context)
         try:
             ids, mode = validate_delete(request)
         except RequestError as exc:
-            _abort_for(context, exc)
-        op = self._call(context, self.deployment.delete, ids, mode=mode, method=request.method,
-                        idempotency_key=request.idempotency_key)
+            await _abort_for(context, exc)
+        op = await self._call(context, self.deployment.delete, ids, mode=mode, method=request.method,
+                              idempotency_key=request.idempotency_key)
         return operation_proto(op)
 
-    def GetOperation(self, request, context):
-        return operation_proto(self._call(context, self.deployment.operation, _operation_id(request, context)))
+    async def GetOperation(self, request, context):
+        op_id = await _operation_id(request, context)
+        return operation_proto(await self._call(context, self.deployment.operation, op_id))
 
-    def ListOperations(self, request, context):
+    async def ListOperations(self, request, context):
         if request.page_size < 0:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size: {request.page_size} is negative")
-        ops, token = self._call(context, self.deployment.operations, page_size=request.page_size or DEFAULT_PAGE_SIZE,
-                                page_token=request.page_token)
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size: {request.page_size} is negative")
+        ops, token = await self._call(context, self.deployment.operations,
+                                      page_size=request.page_size or DEFAULT_PAGE_SIZE, page_token=request.page_token)
         return pb.ListOperationsResponse(operations=[operation_proto(op) for op in ops], next_page_token=token)
 
-    def CancelOperation(self, request, context):
-        return operation_proto(self._call(context, self.deployment.cancel, _operation_id(request, context)))
+    async def CancelOperation(self, request, context):
+        op_id = await _operation_id(request, context)
+        return operation_proto(await self._call(context, self.deployment.cancel, op_id))
 
-    def WatchOperation(self, request, context):
-        op_id = _operation_id(request, context)
+    def _watch_step(self, op_id: str, after: int) -> tuple[list[tuple[int, Operation]], bool]:
+        """(stored events after ``after``, whether the stream is over); never waits."""
+        events = list(self.deployment.watch(op_id, after_sequence=after, timeout=0))
+        if events and events[-1][1].done:
+            return events, True
+        if self.deployment.operation(op_id).done:
+            # Final, yet not seen here: either resumed after the final event (nothing left), or it became
+            # final just now; one more pass replays whatever is stored, then the stream ends.
+            last = events[-1][0] if events else after
+            return events + list(self.deployment.watch(op_id, after_sequence=last, timeout=0)), True
+        return events, False
+
+    async def WatchOperation(self, request, context):
+        op_id = await _operation_id(request, context)
         if request.after_sequence < 0:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"after_sequence: {request.after_sequence} is negative")
-        self._call(context, self.deployment.operation, op_id)  # NOT_FOUND before the stream starts
-        after = request.after_sequence
-        while context.is_active():
-            try:
-                for sequence, op in self.deployment.watch(op_id, after_sequence=after, timeout=WATCH_POLL_S):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"after_sequence: {request.after_sequence} is negative")
+        await self._call(context, self.deployment.operation, op_id)  # NOT_FOUND before the stream starts
+        caller = _caller(context) if self.per_token else ""
+        if self._watches.get(caller, 0) >= self.max_watches_per_caller:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"too many open WatchOperation streams for this caller (limit "
+                         f"{self.max_watches_per_caller}); close one, or poll GetOperation")
+        self._watches[caller] = self._watches.get(caller, 0) + 1
+        try:
+            after, pause = request.after_sequence, WATCH_POLL_MIN_S
+            while True:
+                events, over = await self._call(context, self._watch_step, op_id, after)
+                for sequence, op in events:
                     yield pb.OperationEvent(sequence=sequence, operation=operation_proto(op))
                     after = sequence
-                    if op.done:
-                        return
-                if self.deployment.operation(op_id).done:
-                    # Final, yet not seen here: either resumed after the final event (nothing left), or it
-                    # became final just now; one more pass replays whatever is stored, then ends.
-                    for sequence, op in self.deployment.watch(op_id, after_sequence=after, timeout=0):
-                        yield pb.OperationEvent(sequence=sequence, operation=operation_proto(op))
+                if over:
                     return
-            except TimeoutError:
-                continue  # no event within the poll interval: check the client is still there
-            except Exception as exc:  # noqa: BLE001 - as in _call: a status, never a dropped stream
-                _abort_for(context, exc)
+                # No thread waits for the next event: poll, backing off while nothing happens.
+                pause = WATCH_POLL_MIN_S if events else min(pause * 2, WATCH_POLL_S)
+                await asyncio.sleep(pause)
+        finally:
+            left = self._watches[caller] - 1
+            if left:
+                self._watches[caller] = left
+            else:
+                del self._watches[caller]
 
-    def GetCertificate(self, request, context):
-        op_id = _operation_id(request, context)
-        return certificate_proto(op_id, self._call(context, self.deployment.certificate, op_id))
+    async def GetCertificate(self, request, context):
+        op_id = await _operation_id(request, context)
+        return certificate_proto(op_id, await self._call(context, self.deployment.certificate, op_id))
 
-    def Predict(self, request, context):
-        self._ready(context)
+    async def Predict(self, request, context):
+        await self._ready(context)
         if not request.HasField("inputs"):
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "inputs: missing; send a Tensor of model inputs")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "inputs: missing; send a Tensor of model inputs")
         try:
             x = decode_inputs(request.inputs, tuple(self.deployment.input_shape))
         except RequestError as exc:
-            _abort_for(context, exc)
-        labels, probabilities, version = self._call(context, self.deployment.predict, x)
+            await _abort_for(context, exc)
+        labels, probabilities, version = await self._call(context, self.deployment.predict, x)
         return pb.PredictResponse(labels=np.asarray(labels, dtype=np.int64).tolist(),
                                   probabilities=encode(np.asarray(probabilities, dtype=np.float32)),
                                   model_version=int(version))
 
-    def GetClusterStatus(self, request, context):
-        return cluster_status_proto(self._call(context, self.deployment.status))
+    async def GetClusterStatus(self, request, context):
+        return cluster_status_proto(await self._call(context, self.deployment.status))

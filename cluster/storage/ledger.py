@@ -318,6 +318,8 @@ def create(state_dir: str | os.PathLike[str], meta: Mapping[str, object]) -> Led
     path = ledger_path(state_dir)
     if os.path.exists(path):
         raise LedgerError(f"{path} already exists")
+    # Created 0600 before SQLite opens it: its -wal and -shm files take the database file's mode.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     ledger = Ledger(path)
     ledger._db.executescript(_SCHEMA)
     ledger.set_meta({"format": FORMAT, "created": time.time(), **meta})

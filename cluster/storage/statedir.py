@@ -4,6 +4,10 @@
 state (``train -o``, ``unlearn``, ``verify``, ``serve``); a second process fails at once with the
 holder's pid and command. ``INCOMPLETE`` marks a directory whose training never finished (it is
 written first and removed last): later commands refuse it instead of misreading a half-state.
+
+A new state directory is created 0700 and the lock file 0600 whatever the umask; the files inside
+take the process umask, which ``ostracon train``/``serve``/``unlearn`` set to 077 (they hold raw rows
+and the ledger of deleted ids).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def exclusive(state_dir: str | os.PathLike[str], command: str) -> Iterator[None]
     state_dir = os.fspath(state_dir)
     path = os.path.join(state_dir, LOCK_FILE)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StateDirError(f"cannot open the lock file {path}: {exc.strerror}") from None
     try:
@@ -139,4 +143,4 @@ def prepare_new(outdir: str) -> None:
             hint = " (an earlier run that did not finish)" if INCOMPLETE_FILE in leftovers else ""
             raise StateDirError(f"{outdir} is not empty{hint}: train into a new directory "
                                 f"(found {', '.join(leftovers[:5])}{' ...' if len(leftovers) > 5 else ''})")
-    os.makedirs(outdir, exist_ok=True)
+    os.makedirs(outdir, mode=0o700, exist_ok=True)  # the leaf only: parents keep the umask's mode
