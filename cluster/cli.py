@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import inspect
 import json
 import logging
 import os
@@ -28,7 +27,9 @@ log = logging.getLogger("ostracon")
 PRIVATE_COMMANDS = ("train", "serve", "unlearn")
 PRIVATE_UMASK = 0o077
 
-# `ostracon serve` input limits: flag -> (Deployment argument, default); README, "Limits".
+# `ostracon serve` input limits: flag -> (Deployment argument, default, meaning); README, "Limits".
+# The defaults repeat coordinator.deployment.DEFAULT_* (importing it would load torch for every command);
+# tests/test_input_bounds.py checks they agree.
 SERVE_LIMITS = {
     "--max-id-chars": ("max_id_chars", 256, "longest sample id accepted"),
     "--max-idempotency-key-chars": ("max_idempotency_key_chars", 256, "longest idempotency key accepted"),
@@ -418,15 +419,11 @@ def cmd_serve(args) -> int:
     if args.max_ids_per_request < 1:
         raise RequestError(f"--max-ids-per-request {args.max_ids_per_request}: must be at least 1")
     limits = {}
-    accepted = inspect.signature(serve).parameters
-    for flag, (dest, default, _) in SERVE_LIMITS.items():
+    for flag, (dest, _, _) in SERVE_LIMITS.items():
         value = getattr(args, dest)
         if value < 1:
             raise RequestError(f"{flag} {value}: must be at least 1")
-        if value != default:
-            if dest not in accepted and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-                raise RequestError(f"{flag}: this server cannot set {dest} yet; leave it at its default ({default})")
-            limits[dest] = value
+        limits[dest] = value
     if not 0 <= args.port <= 65535:
         raise RequestError(f"--port {args.port}: not a TCP port (0-65535; 0 picks a free one)")
     return serve(args.state_dir, config_path=args.config, overrides=_unlearn_overrides(args), host=args.host,
