@@ -17,7 +17,7 @@ from .. import faults
 from ..execution.backend import Backend
 from ..execution.hooks import NO_HOOKS, Hooks
 from ..storage.records import Certificate, NothingToDelete, Request
-from .approximate import carry_out
+from .approximate import MethodParams, carry_out
 from .exact import LiveWorkers, run_request
 from .requests import DeletionRequest, validate_request
 from .trained import TrainedState
@@ -41,16 +41,21 @@ def journal_request(st: TrainedState, request: DeletionRequest,
 def carry_out_request(st: TrainedState, request: Request, method: str | None = None, *,
                       backend: Backend | None = None, live: LiveWorkers | None = None, hooks: Hooks = NO_HOOKS,
                       began: float | None = None) -> Certificate:
-    """Carry a freshly journaled request out in its mode; returns its certificate. ``method`` (approximate
-    modes; default the config's ``unlearning.method``) is resolved before any work starts."""
+    """Carry a freshly journaled request out in its mode; returns its certificate. ``method``: approximate
+    modes only (default the config's ``unlearning.method``)."""
     began = time.perf_counter() if began is None else began
     if not request.mode.is_approximate:
         st.refresh()  # the workers' data no longer holds the journaled ids
         return run_request(st, request, backend=backend, live=live, hooks=hooks, began=began)
     # An approximate update reads the ids it forgets: the plan keeps them until the update is gated.
-    method = method or st.config.unlearning.method
-    params = st.config.unlearning.method_params(method)
+    method, params = _method(st, method)
     return carry_out(st, request, method, params, backend=backend, live=live, hooks=hooks, began=began)
+
+
+def _method(st: TrainedState, method: str | None) -> tuple[str, MethodParams]:
+    """The approximate method to run and its validated hyperparameters (ConfigError when unknown or invalid)."""
+    name = method or st.config.unlearning.method
+    return name, st.config.unlearning.method_params(name)
 
 
 def execute(st: TrainedState, request: DeletionRequest, *, backend: Backend | None = None,
@@ -58,9 +63,11 @@ def execute(st: TrainedState, request: DeletionRequest, *, backend: Backend | No
             also: Callable[[sqlite3.Connection, int], None] | None = None) -> Certificate | NothingToDelete:
     """Validate, journal and carry out ``request`` on an opened state (its lock held)."""
     began = time.perf_counter() if began is None else began
-    if request.mode.is_approximate:
-        st.config.unlearning.method_params(request.method or st.config.unlearning.method)  # fails before journaling
+    # An unknown or invalid method fails before anything is journaled; resolved once, here.
+    approximate = _method(st, request.method) if request.mode.is_approximate else None
     journaled = journal_request(st, request, also)
     if isinstance(journaled, NothingToDelete):
         return journaled
-    return carry_out_request(st, journaled, request.method, backend=backend, live=live, hooks=hooks, began=began)
+    if approximate is None:
+        return carry_out_request(st, journaled, backend=backend, live=live, hooks=hooks, began=began)
+    return carry_out(st, journaled, *approximate, backend=backend, live=live, hooks=hooks, began=began)
