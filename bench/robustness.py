@@ -146,14 +146,14 @@ class SharedAttackBackend(LocalBackend):
 
     name = "local"
 
-    def attack(self, workers, honest, t) -> StepResult:
+    def attack(self, workers, honest, t, budget=None) -> StepResult:
         workers = list(workers)
         specs = [self.workers[j].spec for j in workers]
         same = all(dataclasses.replace(s, index=0) == dataclasses.replace(specs[0], index=0) for s in specs)
         if len(workers) < 2 or not same or specs[0].attack not in DETERMINISTIC_ATTACKS:
-            return super().attack(workers, honest, t)
+            return super().attack(workers, honest, t, budget)
         with pre_aggregation_once():
-            vector = self.workers[workers[0]].attack(list(honest), t)
+            vector = self.workers[workers[0]].attack(list(honest), t, budget)
         result = StepResult()
         for j in workers:
             if vector is None:

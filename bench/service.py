@@ -2,6 +2,7 @@
 
     python bench/service.py [--backend local,ray] [--threads 20] [--per-thread 10] [--rounds 80]
                             [--config examples/digits_sisa.toml] [--seed 0] [--out bench/results/service.md]
+                            [--idle-streams 64] [--watchers 32] [--no-hostile]
     ostracon bench service [same arguments]
 
 Setting: ``examples/digits_sisa.toml`` (digits, ``mlp``, 2 groups x 4 MoNNA workers of which 1
@@ -16,6 +17,15 @@ all at once (distinct ids held by honest training workers, seeded). Acknowledgem
 time ``Delete`` takes to answer (the operation is durable by then); throughput is deletions applied
 per second from the first request to the last operation's final update. Then every operation must
 have SUCCEEDED and every id be in the ledger and in exactly one certificate, or the benchmark fails.
+
+The hostile mix (unless ``--no-hostile``): once the quiet load is applied, the same load again (fresh
+ids) while ``--idle-streams`` server-reflection streams are held open without a token, their requests
+never sent (a hostile client holding calls), and ``--watchers`` WatchOperation streams follow operations:
+all of them a deletion submitted just before the load (replaying while the load is acknowledged), then
+the load's own operations as they are acknowledged. A sampler reads the server's counts of open
+health/reflection calls and watch streams every 5 ms during the acknowledgements; their minimum is
+reported. The acknowledgement p50/p99 of the quiet and the hostile load are compared (target: the
+hostile p99 within 1.5x of the quiet one).
 
 One deletion: a further id deleted through the idle warm service (``delete(wait=True)``, wall time)
 vs the same id deleted by the cold ``ostracon unlearn`` CLI (a subprocess on a fresh copy of the
@@ -47,6 +57,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json  # noqa: E402
 
+import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ostracon.cluster import CoordinatorClient  # noqa: E402
@@ -56,10 +67,14 @@ from ostracon.cluster.execution.plan import make_plan  # noqa: E402
 from ostracon.cluster.execution.training import train  # noqa: E402
 from ostracon.cluster.service.server import CoordinatorServer  # noqa: E402
 from ostracon.cluster.storage.ledger import open_ledger  # noqa: E402
+from ostracon.v1 import coordinator_pb2 as pb  # noqa: E402
+from ostracon.v1 import coordinator_pb2_grpc as pb_grpc  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "digits_sisa.toml"
 DEFAULT_OUT = ROOT / "bench" / "results" / "service.md"
 CLIENT_TIMEOUT_S = 600.0
+REFLECTION_STREAM = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+HOSTILE_P99_TARGET = 1.5  # the hostile load's ack p99 within this factor of the quiet one's
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -112,11 +127,12 @@ def send_deletions(address: str, ids: list[str], start: threading.Barrier, acks:
             acks.append((op["id"], sample, time.perf_counter() - began))
 
 
-def run_load(address: str, ids: list[str], threads: int) -> dict:
-    """Every thread sends its share at once; returns acknowledgements, errors and the start time."""
+def run_load(address: str, ids: list[str], threads: int, acks: list | None = None) -> dict:
+    """Every thread sends its share at once; returns acknowledgements (appended to ``acks`` as they come,
+    when given), errors and the start time."""
     shares = [ids[k::threads] for k in range(threads)]
     start = threading.Barrier(threads + 1)
-    acks: list = []
+    acks = [] if acks is None else acks
     errors: list = []
     workers = [threading.Thread(target=send_deletions, args=(address, share, start, acks, errors))
                for share in shares]
@@ -132,6 +148,149 @@ def run_load(address: str, ids: list[str], threads: int) -> dict:
 def wait_all(client: CoordinatorClient, op_ids: list[str]) -> dict[str, dict]:
     """Every operation's final state (watch ends there)."""
     return {op_id: list(client.watch(op_id))[-1][1] for op_id in op_ids}
+
+
+# ----------------------------------------------------------------------------------------------- hostile mix
+
+
+class IdleStreams:
+    """``count`` server-reflection streams opened without a token whose requests never come, over a few
+    connections: what a hostile client holds open to tie the server up."""
+
+    def __init__(self, address: str, count: int, connections: int = 8):
+        self.release = threading.Event()
+        self.channels = [grpc.insecure_channel(address) for _ in range(max(1, min(connections, count)))]
+        self.calls = [self.channels[k % len(self.channels)].stream_stream(REFLECTION_STREAM)(
+            self._never(), timeout=CLIENT_TIMEOUT_S) for k in range(count)]
+
+    def _never(self):
+        self.release.wait()
+        return
+        yield  # a request iterator that sends nothing until released
+
+    def close(self) -> None:
+        for call in self.calls:
+            call.cancel()
+        self.release.set()
+        for channel in self.channels:
+            channel.close()
+
+
+class Watchers:
+    """``count`` threads, each holding one WatchOperation stream: first on ``lead_op`` (replaying while the
+    load is acknowledged), then on the load's operations in the order they are acknowledged (watcher k
+    follows acknowledgements k, k + count, ...), each to its final state."""
+
+    def __init__(self, address: str, count: int, lead_op: str, acks: list):
+        self.address, self.count, self.acks = address, count, acks
+        self.stop = threading.Event()
+        self.refused = 0  # streams refused (RESOURCE_EXHAUSTED), retried
+        self._calls: dict[int, grpc.Future] = {}
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._follow, args=(k, lead_op), daemon=True) for k in range(count)]
+        for t in self.threads:
+            t.start()
+
+    def _next_op(self, index: int) -> str | None:
+        while not self.stop.is_set():
+            if index < len(self.acks):
+                return self.acks[index][0]
+            time.sleep(0.02)
+        return None
+
+    def _follow(self, k: int, op_id: str | None) -> None:
+        index = k
+        with grpc.insecure_channel(self.address) as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            while op_id is not None and not self.stop.is_set():
+                call = stub.WatchOperation(pb.WatchOperationRequest(operation_id=op_id), timeout=CLIENT_TIMEOUT_S)
+                with self._lock:
+                    self._calls[k] = call
+                try:
+                    for _ in call:
+                        pass
+                except grpc.RpcError as exc:
+                    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not self.stop.is_set():
+                        self.refused += 1
+                        time.sleep(0.01)
+                        continue  # the same operation again
+                op_id = self._next_op(index)
+                index += self.count
+
+    def close(self) -> None:
+        self.stop.set()
+        with self._lock:
+            for call in self._calls.values():
+                call.cancel()
+        for t in self.threads:
+            t.join()
+
+
+class OpenCounts:
+    """Samples the server's open health/reflection calls and open watch streams every ``every`` seconds."""
+
+    def __init__(self, server: CoordinatorServer, every: float = 0.005):
+        self.server, self.every = server, every
+        self.samples: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:  # the counts live on the server's event loop; a torn read is skipped
+                watches = sum(list(self.server.servicer._watches.values()))
+            except RuntimeError:
+                continue
+            self.samples.append((self.server.guard.open_calls, watches))
+
+    def close(self) -> tuple[int, int]:
+        """(min open health/reflection calls, min open watch streams) over the samples."""
+        self._stop.set()
+        self._thread.join()
+        if not self.samples:
+            return 0, 0
+        return min(s[0] for s in self.samples), min(s[1] for s in self.samples)
+
+
+def _until(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def hostile_load(server: CoordinatorServer, client: CoordinatorClient, lead: str, ids: list[str], threads: int,
+                 idle_streams: int, watchers: int) -> dict:
+    """The load again while ``idle_streams`` idle unauthenticated streams and ``watchers`` watch streams are
+    open; returns the load (its acknowledgements include the lead deletion's) and the open counts."""
+    lead_op = client.delete([lead], mode="exact")
+    idle = IdleStreams(server.address, idle_streams)
+    acks: list = []
+    watching = Watchers(server.address, watchers, lead_op["id"], acks)
+    try:
+        _until(lambda: server.guard.open_calls >= idle_streams
+               and sum(list(server.servicer._watches.values())) >= watchers)
+        counts = OpenCounts(server)
+        load = run_load(server.address, ids, threads, acks)
+        open_idle, open_watches = counts.close()
+    finally:
+        watching.close()
+        idle.close()
+    load["lead"] = (lead_op["id"], lead)
+    load.update(open_idle=open_idle, open_watches=open_watches, refused_watches=watching.refused)
+    return load
+
+
+def ledger_requests(state_dir: str) -> int:
+    with open_ledger(state_dir, readonly=True) as ledger:
+        return len(ledger.requests())
+
+
+def percentiles(acks: list) -> tuple[float, float]:
+    latencies = np.array([lat for _, _, lat in acks]) * 1e3
+    if not len(latencies):
+        return float("nan"), float("nan")
+    return float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99))
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -165,8 +324,10 @@ def check_applied(state_dir: str, ids: list[str], finals: dict[str, dict]) -> tu
 # ----------------------------------------------------------------------------------------------- one backend
 
 
-def warm_run(trained: str, workdir: str, backend: str, load_ids: list[str], single: str, threads: int) -> dict:
-    """The service phase on a copy of ``trained``: the concurrent load, then one deletion on the idle service."""
+def warm_run(trained: str, workdir: str, backend: str, load_ids: list[str], single: str, threads: int,
+             hostile: dict | None = None) -> dict:
+    """The service phase on a copy of ``trained``: the concurrent load, the hostile mix when ``hostile``
+    (``{"lead", "ids", "idle_streams", "watchers"}``) is given, then one deletion on the idle service."""
     state = os.path.join(workdir, f"warm-{backend}")
     shutil.copytree(trained, state)
     start_ray(backend)
@@ -178,10 +339,16 @@ def warm_run(trained: str, workdir: str, backend: str, load_ids: list[str], sing
     server.start()
     server.mark_serving()
     warm_up_s = time.perf_counter() - began
+    rough = None
     try:
         load = run_load(server.address, load_ids, threads)
         with CoordinatorClient(server.address, timeout=CLIENT_TIMEOUT_S) as client:
             finals = wait_all(client, [o for o, _, _ in load["acks"]])
+            replays = ledger_requests(state)
+            if hostile:
+                rough = hostile_load(server, client, hostile["lead"], hostile["ids"], threads,
+                                     hostile["idle_streams"], hostile["watchers"])
+                rough["finals"] = wait_all(client, [o for o, _, _ in rough["acks"]] + [rough["lead"][0]])
             one_began = time.perf_counter()
             one = client.delete([single], wait=True)
             one_s = time.perf_counter() - one_began
@@ -189,18 +356,31 @@ def warm_run(trained: str, workdir: str, backend: str, load_ids: list[str], sing
         server.stop()
         deployment.close(drain=True)
         stop_ray(backend)
-    problems, replays = check_applied(state, [s for _, s, _ in load["acks"]] + [single], {**finals, one["id"]: one})
+    deleted = [s for _, s, _ in load["acks"]] + [single]
+    all_finals = {**finals, one["id"]: one}
+    if rough:
+        deleted += [s for _, s, _ in rough["acks"]] + [rough["lead"][1]]
+        all_finals |= rough["finals"]
+    problems, _ = check_applied(state, deleted, all_finals)
     problems += [f"lost: {e}" for e in load["errors"]]
     last_final = max(op["update_time"] for op in finals.values()) if finals else load["began"]
-    latencies = np.array([lat for _, _, lat in load["acks"]]) * 1e3
-    return {"backend": backend, "sent": len(load_ids), "acked": len(load["acks"]),
-            "applied": sum(op["state"] == "SUCCEEDED" for op in finals.values()),
-            "lost": len(load_ids) - len(load["acks"]), "problems": problems, "replays": replays - 1,
-            "ack_p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
-            "ack_p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
-            "acked_after_s": load["acked_after_s"], "load_s": last_final - load["began"],
-            "per_s": len(finals) / max(last_final - load["began"], 1e-9), "warm_up_s": warm_up_s,
-            "one_warm_s": one_s}
+    p50, p99 = percentiles(load["acks"])
+    row = {"backend": backend, "sent": len(load_ids), "acked": len(load["acks"]),
+           "applied": sum(op["state"] == "SUCCEEDED" for op in finals.values()),
+           "lost": len(load_ids) - len(load["acks"]), "problems": problems, "replays": replays,
+           "ack_p50_ms": p50, "ack_p99_ms": p99,
+           "acked_after_s": load["acked_after_s"], "load_s": last_final - load["began"],
+           "per_s": len(finals) / max(last_final - load["began"], 1e-9), "warm_up_s": warm_up_s,
+           "one_warm_s": one_s}
+    if rough:
+        problems += [f"lost under the hostile mix: {e}" for e in rough["errors"]]
+        h50, h99 = percentiles(rough["acks"])
+        row["hostile"] = {"sent": len(hostile["ids"]) if hostile else 0, "acked": len(rough["acks"]),
+                          "ack_p50_ms": h50, "ack_p99_ms": h99, "acked_after_s": rough["acked_after_s"],
+                          "idle_streams": hostile["idle_streams"] if hostile else 0,
+                          "watchers": hostile["watchers"] if hostile else 0, "open_idle": rough["open_idle"],
+                          "open_watches": rough["open_watches"], "refused_watches": rough["refused_watches"]}
+    return row
 
 
 def cold_run(trained: str, workdir: str, backend: str, single: str) -> float:
@@ -233,6 +413,42 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_hostile_table(rows: list[dict]) -> str:
+    head = ("| backend | quiet: ack p50 / p99 (ms) | hostile: ack p50 / p99 (ms) | hostile / quiet p99 "
+            f"| p99 within {HOSTILE_P99_TARGET}x | open during the hostile acknowledgements (min): idle streams / "
+            "watch streams | hostile: sent / acknowledged | all acknowledged after: quiet / hostile (s) |")
+    lines = [head, "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        h = r["hostile"]
+        ratio = h["ack_p99_ms"] / r["ack_p99_ms"]
+        lines.append(f"| {r['backend']} | {r['ack_p50_ms']:.1f} / {r['ack_p99_ms']:.1f} "
+                     f"| {h['ack_p50_ms']:.1f} / {h['ack_p99_ms']:.1f} | {ratio:.2f}x "
+                     f"| {'yes' if ratio <= HOSTILE_P99_TARGET else 'NO'} "
+                     f"| {h['open_idle']} of {h['idle_streams']} / {h['open_watches']} of {h['watchers']} "
+                     f"| {h['sent']} / {h['acked']} | {r['acked_after_s']:.2f} / {h['acked_after_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def hostile_section(args, rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if "hostile" in r]
+    if not rows:
+        return []
+    return [
+        "## Under the hostile mix",
+        "",
+        f"The same load again ({args.threads} x {args.per_thread} fresh ids) once the quiet one is applied, while "
+        f"{args.idle_streams} server-reflection streams are held open without a token (their requests never "
+        f"sent) and {args.watchers} `WatchOperation` streams follow operations: first a deletion submitted just "
+        "before the load (replaying while the load is acknowledged, which the quiet load did not have), then "
+        "the load's operations as they are acknowledged. The open counts are the server's own (open "
+        "health/reflection calls, open watch streams), sampled every 5 ms while the load was acknowledged; "
+        f"their minimum is shown. Target: the hostile ack p99 within {HOSTILE_P99_TARGET}x of the quiet one.",
+        "",
+        format_hostile_table(rows),
+        "",
+    ]
+
+
 def report(config_path: str, config: Config, args, rows: list[dict], train_s: float, wall_s: float,
            load_before: tuple, load_after: tuple, command: str) -> str:
     import ray
@@ -254,7 +470,7 @@ def report(config_path: str, config: Config, args, rows: list[dict], train_s: fl
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"torch {torch.__version__}, Ray {ray.__version__}; load average (1/5/15 min) before "
         f"{'/'.join(f'{x:.1f}' for x in load_before)}, after {'/'.join(f'{x:.1f}' for x in load_after)} "
-        "(a shared machine: other jobs ran meanwhile)",
+        "(a shared machine: other jobs ran meanwhile; one run, not repeated)",
         "",
         "Ack latency: time for `Delete` to answer (the operation is journaled, durable, before it answers). "
         "Applied per s: deletions applied / time from the first request to the last operation's final update. "
@@ -264,10 +480,12 @@ def report(config_path: str, config: Config, args, rows: list[dict], train_s: fl
         "One deletion: one more id through the idle warm service (`delete(wait=True)`) vs the same id by the "
         "cold `ostracon unlearn` CLI on a fresh copy of the same trained state (a subprocess: interpreter, "
         "imports, loading, starting the workers, replay, shutdown). All applied exactly once: every "
-        "operation SUCCEEDED, every id is in the ledger and in exactly one certificate, none lost.",
+        "operation SUCCEEDED (the hostile mix's too), every id is in the ledger and in exactly one certificate, "
+        "none lost.",
         "",
         format_table(rows),
         "",
+        *hostile_section(args, rows),
     ]
     if problems:
         parts += ["Problems:", "", *problems, ""]
@@ -286,11 +504,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=80, help="rounds per group (default 80)")
     p.add_argument("--seed", type=int, default=0, help="run seed and id-choice seed (default 0)")
     p.add_argument("--out", default=None, help=f"also write the report here (e.g. {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument("--idle-streams", type=int, default=64,
+                   help="hostile mix: idle unauthenticated server-reflection streams (default 64)")
+    p.add_argument("--watchers", type=int, default=32, help="hostile mix: WatchOperation streams (default 32; "
+                                                            "the server allows 32 per caller)")
+    p.add_argument("--no-hostile", action="store_true", help="skip the hostile mix (the quiet load only)")
     args = p.parse_args(argv)
     args.backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     if not args.backends or any(b not in ("local", "ray") for b in args.backends):
         p.error(f"--backend: local, ray or local,ray (got {args.backend!r})")
-    for name in ("threads", "per_thread", "rounds"):
+    for name in ("threads", "per_thread", "rounds", "idle_streams", "watchers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
@@ -305,6 +528,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = bench_config(args.config, args.rounds, args.seed)
     total = args.threads * args.per_thread
     *load_ids, single = honest_ids(config, total + 1, args.seed)
+    hostile = None
+    if not args.no_hostile:  # fresh ids beyond the quiet load's: the same draw for it as without the mix
+        taken = set(load_ids) | {single}
+        more = [i for i in honest_ids(config, 2 * total + 2, args.seed + 1) if i not in taken]
+        if len(more) < total + 1:
+            raise SystemExit(f"service: not enough honest training ids for the hostile mix ({len(more)})")
+        hostile = {"lead": more[0], "ids": more[1:total + 1], "idle_streams": args.idle_streams,
+                   "watchers": args.watchers}
     rows = []
     with tempfile.TemporaryDirectory(prefix="ostracon-bench-service-") as workdir:
         trained = os.path.join(workdir, "trained")
@@ -313,8 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         train(config, trained, progress=False)
         train_s = time.perf_counter() - t
         for backend in args.backends:
-            log(f"{backend}: warm service, {args.threads} threads x {args.per_thread} deletions")
-            row = warm_run(trained, workdir, backend, load_ids, single, args.threads)
+            log(f"{backend}: warm service, {args.threads} threads x {args.per_thread} deletions"
+                + ("" if hostile is None else f", then again with {args.idle_streams} idle streams and "
+                   f"{args.watchers} watchers open"))
+            row = warm_run(trained, workdir, backend, load_ids, single, args.threads, hostile)
             log(f"{backend}: cold `ostracon unlearn` of one id")
             row["one_cold_s"] = cold_run(trained, workdir, backend, single)
             rows.append(row)

@@ -116,13 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the coordinator: a gRPC deletion service over a warm cluster")
     p.add_argument("--state-dir", required=True, help="state directory (trained first when empty and -c is given)")
     p.add_argument("-c", "--config", help="TOML config to train with when the state directory holds no trained state")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a token)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs a token, and TLS or --insecure)")
     p.add_argument("--port", type=int, default=50051, help="port to bind (0: a free one; see server.json)")
     p.add_argument("--backend", choices=BACKENDS, help="override backend.name")
     p.add_argument("--address", help="Ray cluster address; implies --backend ray")
     p.add_argument("--token-file", help="file holding the bearer token clients must send (wins over $OSTRACON_TOKEN)")
     p.add_argument("--tls-cert", help="PEM certificate chain for TLS (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key for TLS (with --tls-cert)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve plaintext on a non-loopback --host (TLS terminated in front, or a trusted network)")
     p.add_argument("--max-ids-per-request", type=int, default=10_000,
                    help="most sample ids in one Delete, duplicates included (default 10000)")
     for flag, (dest, default, what) in SERVE_LIMITS.items():
@@ -163,6 +166,8 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="the coordinator's HOST:PORT")
     p.add_argument("--token-file", help="file holding the bearer token (wins over $OSTRACON_TOKEN)")
     p.add_argument("--tls-ca", help="PEM CA certificate to verify a TLS coordinator")
+    p.add_argument("--insecure", action="store_true",
+                   help="send the token in plaintext to a non-loopback --target (without --tls-ca)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds (default 30)")
 
 
@@ -428,7 +433,7 @@ def cmd_serve(args) -> int:
         raise RequestError(f"--port {args.port}: not a TCP port (0-65535; 0 picks a free one)")
     return serve(args.state_dir, config_path=args.config, overrides=_unlearn_overrides(args), host=args.host,
                  port=args.port, token=load_server_token(args.token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
-                 max_ids_per_request=args.max_ids_per_request, **limits)
+                 max_ids_per_request=args.max_ids_per_request, insecure=args.insecure, **limits)
 
 
 def _client(args):
@@ -438,7 +443,7 @@ def _client(args):
     if not args.timeout > 0:
         raise RequestError(f"--timeout {args.timeout}: must be a positive number of seconds")
     return CoordinatorClient(args.target, token=load_token(args.token_file), timeout=args.timeout,
-                             tls_ca=args.tls_ca)
+                             tls_ca=args.tls_ca, insecure=args.insecure)
 
 
 def operation_line(op: dict) -> str:

@@ -20,6 +20,7 @@ class Mix:
     rule. ``vectors`` is a sequence of ``(d,)`` arrays, or one stacked ``(n, d)`` array."""
 
     vectors: Sequence[Any] | np.ndarray
+    f: int | None = None  # the round's fault budget (silent workers spent part of it); None: the declared f
 
 
 @dataclass(frozen=True)

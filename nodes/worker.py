@@ -108,6 +108,19 @@ def seeded_pre(pre: Iterable[PreStep], seed: int, *parts: object) -> tuple[PreSt
     return tuple(out)
 
 
+def round_budget(declared_f: int, silent: int) -> int:
+    """The fault budget of a round in which ``silent`` workers that should have sent a vector did not.
+
+    ``f`` bounds the faulty workers of a group, whatever their fault. A worker that sends nothing in a
+    round (crashed, past the round deadline, still busy with a late step) is visibly faulty in that
+    round: it is one of the ``f``. At most ``f - k`` of the vectors that did arrive can then come
+    from faulty workers, so the rule and every pre-aggregation use ``max(0, f - k)``. Keeping ``f``
+    would discard ``f`` more honest vectors than needed (with 3 of 10 crashed, NNM and NNA would keep
+    4 of the 7 honest vectors instead of all 7). An honest worker with no data for the stage
+    (``NO_DATA``) is not silent in this sense: it is not faulty and does not count."""
+    return max(0, declared_f - silent)
+
+
 def tolerated_f(rule: str, pre: Iterable[PreStep], n: int, f: int) -> int:
     """The declared ``f``, capped at what ``rule`` accepts for the rows it will see: a round with absent
     workers is smaller, and bucketing shrinks ``n`` rows to ``ceil(n / bucket_size)``."""
@@ -239,7 +252,8 @@ class Worker:
                 self.theta = self.half
                 return
             # Absent workers shrink the round: never declare more than the rule tolerates.
-            f = tolerated_f(self.spec.rule, self.spec.pre, vectors.shape[0], self.spec.f)
+            budget = self.spec.f if message.f is None else message.f
+            f = tolerated_f(self.spec.rule, self.spec.pre, vectors.shape[0], budget)
             pre = seeded_pre(self.spec.pre, self.spec.seed, "pre", self.spec.index, self._last_round)
             params = dict(self.spec.rule_params)
             if self.spec.rule in ANCHORED_RULES:
@@ -455,8 +469,9 @@ class Worker:
         torch.autograd.backward(loss)  # what loss.backward() calls (that method is unannotated)
         return _flat_grad(self.model).detach()
 
-    def attack(self, honest: Sequence[np.ndarray], t: int) -> np.ndarray | None:
-        """The vector an omniscient attacker sends this round, given the honest vectors."""
+    def attack(self, honest: Sequence[np.ndarray], t: int, budget: int | None = None) -> np.ndarray | None:
+        """The vector an omniscient attacker sends this round, given the honest vectors; ``budget`` is
+        the fault budget the round's rule will use (silent workers spent part of it; None: declared)."""
         name = self.spec.attack
         if name is None or len(honest) == 0:
             return None
@@ -469,7 +484,8 @@ class Worker:
             vectors,
             f=self.spec.f,
             num_byzantine=num_byzantine,
-            defense=self._defense(vectors) if name.endswith("_optimized") else None,
+            defense=self._defense(vectors, self.spec.f if budget is None else budget)
+            if name.endswith("_optimized") else None,
             generator=generator(self.spec.seed, self.spec.index, "attack", t),
             **params,
         )
@@ -488,14 +504,15 @@ class Worker:
         self.mimic_target = mimic_target(honest, self.mimic_direction)
         return {"target": self.mimic_target}
 
-    def _defense(self, honest: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The aggregation the attacker faces, as a closure over all sent vectors."""
+    def _defense(self, honest: torch.Tensor, budget: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The aggregation the attacker faces (with the round's fault ``budget``), as a closure over all
+        sent vectors."""
         spec = self.spec
         if spec.protocol == "monna":
             # Decentralised: each honest worker mixes around its own vector; hurt them on average.
             def defense(vectors: torch.Tensor) -> torch.Tensor:
                 # Like `receive`: a round with absent workers is smaller, so cap f at what the rule accepts.
-                f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], spec.f)
+                f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], budget)
                 outs = [
                     aggregate(vectors, spec.rule, f=f, pivot=p, pre=spec.pre, **dict(spec.rule_params))
                     for p in honest
@@ -503,7 +520,7 @@ class Worker:
                 return torch.stack(outs).mean(0)
         else:
             def defense(vectors: torch.Tensor) -> torch.Tensor:
-                f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], spec.f)
+                f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], budget)
                 return aggregate(vectors, spec.rule, f=f, pre=spec.pre, **dict(spec.rule_params))
         return defense
 

@@ -22,7 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ostracon.cluster.cli import build_parser
 from ostracon.cluster.config import load
-from ostracon.cluster.service.server import CoordinatorServer, is_loopback
+from ostracon.cluster.errors import ConfigError
+from ostracon.cluster.service.client import check_token_transport
+from ostracon.cluster.service.server import CoordinatorServer, check_bind_allowed
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -36,6 +38,7 @@ README = DEPLOY / "README.md"
 PARSER = build_parser()
 SUBCOMMANDS = frozenset(next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices)
 OVERWRITE_CMD = "ray.io/overwrite-container-cmd"
+CLIENT_COMMANDS = ("delete", "ops", "status", "certificate")
 
 
 # ----- a small shell tokenizer: the `ostracon ...` invocations in a shell snippet -------------------------
@@ -215,8 +218,14 @@ def test_every_ostracon_command_line_parses(where, argv):
     except SystemExit as exc:  # --help / --version exit 0; a parse error exits 2
         assert exc.code == 0, f"{where}: `ostracon {' '.join(argv)}` does not parse"
         return
-    if args.command == "serve":  # the CLI refuses a non-loopback bind without a token: keep them given
-        assert is_loopback(args.host) or args.token_file, f"{where}: serve binds {args.host} without --token-file"
+    token = "from --token-file" if getattr(args, "token_file", None) else None
+    try:  # the CLI's own rules: what they refuse would not start where these files run it
+        if args.command == "serve":  # off loopback: a token, and TLS or an explicit --insecure
+            check_bind_allowed(args.host, token, tls=bool(args.tls_cert and args.tls_key), insecure=args.insecure)
+        if args.command in CLIENT_COMMANDS:  # a token in plaintext only to loopback or with --insecure
+            check_token_transport(args.target, token, tls=bool(args.tls_ca), insecure=args.insecure)
+    except ConfigError as exc:
+        pytest.fail(f"{where}: `ostracon {' '.join(argv)}` is refused: {exc}")
     if args.command in ("train", "serve") and args.config:
         _assert_config_is_shipped(where, args.config)
 
@@ -408,6 +417,28 @@ def test_overwritten_container_commands_still_start_ray():
             assert script.index("KUBERAY_GEN_RAY_START_CMD") < script.index("ostracon serve"), where
             assert "preStop" not in container.get("lifecycle", {}), "a preStop `ray stop` would cut the drain"
     assert _head_serve().address == "auto"
+
+
+def test_tls_where_the_port_is_published_and_insecure_only_behind_the_plaintext_probe():
+    """The launcher and the image serve TLS; the KubeRay head serves --insecure only because the kubelet's
+    gRPC readiness probe speaks plaintext (TLS terminates in front: port-forward, an Ingress); the image's
+    plaintext variant is shown with an explicit --insecure."""
+    config = yaml.safe_load(LAUNCHER.read_text())
+    [launcher] = _serves("deploy/ray-cluster.yaml")
+    assert not launcher.insecure and {launcher.tls_cert, launcher.tls_key} <= set(config["file_mounts"])
+    launcher_clients = [_parse(a) for w, a in INVOCATIONS if w.startswith("deploy/ray-cluster.yaml")
+                        and a[:1] in (["status"], ["delete"])]
+    assert launcher_clients and all(c.tls_ca == launcher.tls_cert for c in launcher_clients)
+    [image] = _serves("deploy/Dockerfile ENTRYPOINT+CMD")
+    assert not image.insecure and image.tls_cert and image.tls_key
+    tls_dir = str(Path(image.tls_cert).parent)
+    assert Path(image.tls_key).parent == Path(tls_dir)
+    assert re.search(rf'-v "[^"]+:{re.escape(tls_dir)}:ro"', _readme_code()), "the README's docker run mounts no certs"
+    head = _head_serve()
+    assert head.insecure and not head.tls_cert and "grpc" in _head_container()["readinessProbe"]
+    for where in ("deploy/README.md", "deploy/Dockerfile (comments)"):
+        variants = _serves(where)
+        assert any(s.insecure and not s.tls_cert for s in variants), f"{where} shows no --insecure variant"
 
 
 # ----- the Ray cluster launcher ---------------------------------------------------------------------------

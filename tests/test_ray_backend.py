@@ -125,7 +125,10 @@ def test_straggler_run_with_a_deadline_verifies(tmp_path):
     state = tmp_path / "state"
     result = train(config, state, progress=False)
     assert result.summary["schedule_events"] > 0, "the straggler never missed a deadline"
-    assert {j for rounds in result.schedule.values() for w in rounds.values() for j in w} == {3}
+    events = result.schedule.events
+    assert {j for rounds in events.values() for w in rounds.values() for j in w} == {3}
+    # Every round the straggler was absent, it spent the group's whole budget (f = 1); replays impose it.
+    assert result.schedule.budgets == {k: dict.fromkeys(rounds, 0) for k, rounds in events.items()}
     report = verify_state_dir(state)
     assert report["ok"], report["failures"]
     where = locate(make_plan(config))

@@ -215,6 +215,20 @@ def test_input_errors_table(served, config):
         assert served.snapshot() == before, case
 
 
+def test_the_raw_id_count_is_bounded_before_any_id_is_read(served, config):
+    before = served.snapshot()
+    # Empty ids past the limit: the count is refused first (walking them would name sample_ids[0]).
+    code, details = code_of(served.stub.Delete, pb.DeleteRequest(sample_ids=[""] * (MAX_IDS + 1)), metadata=AUTH,
+                            timeout=60)
+    assert code == C.INVALID_ARGUMENT
+    assert details.startswith(f"sample_ids: {MAX_IDS + 1} ids exceed max_ids_per_request = {MAX_IDS}"), details
+    # A million copies of one id (3 MB): refused on the count, nothing walked, nothing stored.
+    many = pb.DeleteRequest(sample_ids=trainer_ids(config, 1, seed=3) * 1_000_000)
+    code, details = code_of(served.stub.Delete, many, metadata=AUTH, timeout=60)
+    assert code == C.INVALID_ARGUMENT and "1000000 ids exceed max_ids_per_request" in details, details
+    assert served.snapshot() == before
+
+
 def test_reusing_an_idempotency_key_with_another_body_is_already_exists(served, config):
     a, b = trainer_ids(config, 2, seed=11)
     first = served.client.delete([a], idempotency_key="key-1")

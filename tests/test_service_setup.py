@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ from ostracon.cluster import errors
 from ostracon.cluster.cli import build_parser, main
 from ostracon.cluster.errors import ConfigError, RequestError
 from ostracon.cluster.service.auth import load_token
+from ostracon.cluster.service.client import target_hosts
 from ostracon.cluster.service.server import check_bind_allowed, format_address, is_loopback, tls_credentials
 from ostracon.cluster.service.statuses import ERROR_CODES, status_for
 
@@ -49,9 +51,13 @@ def test_loopback_hosts(host, loopback):
     if loopback:
         check_bind_allowed(host, None)
     else:
-        with pytest.raises(ConfigError, match=f"--host {host} is not a loopback address"):
-            check_bind_allowed(host, None)
-        check_bind_allowed(host, "a-token")  # with a token any address may be bound
+        with pytest.raises(ConfigError, match=f"--host {host} is not a loopback address: .* without a token"):
+            check_bind_allowed(host, None, insecure=True)  # --insecure never excuses a missing token
+        with pytest.raises(ConfigError, match=f"--host {host} is not a loopback address: .*plaintext.*"
+                                              "--tls-cert and --tls-key, or --insecure"):
+            check_bind_allowed(host, "a-token")  # a token, but plaintext
+        check_bind_allowed(host, "a-token", tls=True)  # with a token, TLS or an explicit --insecure
+        check_bind_allowed(host, "a-token", insecure=True)
 
 
 def test_ipv6_addresses_are_bracketed():
@@ -91,7 +97,7 @@ def test_client_commands_share_the_connection_options():
     subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
     for command in ("delete", "ops", "status", "certificate"):
         options = {o for a in subparsers[command]._actions for o in a.option_strings}
-        assert {"--target", "--token-file", "--timeout", "--tls-ca"} <= options, command
+        assert {"--target", "--token-file", "--timeout", "--tls-ca", "--insecure"} <= options, command
     args = build_parser().parse_args(["delete", "--target", "h:1", "--ids-json", '["a,b"]', "--mode", "approximate",
                                       "--wait", "--idempotency-key", "k"])
     assert (args.mode, args.wait, args.idempotency_key, args.ids_json) == ("approximate", True, "k", '["a,b"]')
@@ -120,6 +126,120 @@ def test_serve_refuses_a_public_address_without_a_token_before_touching_the_stat
     assert done.returncode == 2, done.stderr
     assert "--host 0.0.0.0 is not a loopback address" in done.stderr
     assert not state.exists()
+
+
+def test_serve_refuses_plaintext_on_a_public_address_without_insecure_before_touching_the_state_dir(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s" * 40)
+    token_file.chmod(0o600)
+    state = tmp_path / "state"
+    done = subprocess.run([sys.executable, "-m", "ostracon.cluster.cli", "serve", "--state-dir", str(state),
+                           "--host", "0.0.0.0", "--port", "0", "--token-file", str(token_file)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("ostracon: error: --host 0.0.0.0 is not a loopback address: refusing to serve plaintext")
+    assert "--tls-cert and --tls-key, or --insecure" in line
+    assert not state.exists()
+    args = build_parser().parse_args(["serve", "--state-dir", "d", "--host", "0.0.0.0", "--insecure"])
+    assert args.insecure and not build_parser().parse_args(["serve", "--state-dir", "d"]).insecure
+
+
+# ----- the client: no bearer token in plaintext beyond this machine -----------------------------------------
+
+
+@pytest.mark.parametrize("target, hosts", [
+    ("127.0.0.1:50051", ["127.0.0.1"]), ("localhost:1", ["localhost"]), ("[::1]:1", ["::1"]), ("::1", ["::1"]),
+    ("dns:///10.0.0.1:1", ["10.0.0.1"]), ("dns://8.8.8.8/localhost:1", ["localhost"]),
+    ("ipv4:127.0.0.1:1,10.0.0.2:1", ["127.0.0.1", "10.0.0.2"]), ("ipv6:[::1]:1", ["::1"]),
+    ("unix:/run/ostracon.sock", []), ("example.org", ["example.org"])])
+def test_target_hosts(target, hosts):
+    assert target_hosts(target) == hosts
+
+
+class ChannelSpy:
+    """Records the targets of the channels the client creates (the real gRPC functions do the work): a
+    refused client must create none, so nothing can connect."""
+
+    def __init__(self, monkeypatch):
+        self.targets: list[str] = []
+        for name in ("insecure_channel", "secure_channel"):
+            real = getattr(grpc, name)
+            monkeypatch.setattr(grpc, name, self._recording(real))
+
+    def _recording(self, real):
+        def channel(target, *args, **kwargs):
+            self.targets.append(target)
+            return real(target, *args, **kwargs)
+        return channel
+
+
+REMOTE_TARGETS = ["10.255.255.1:50051", "dns:///10.255.255.1:50051", "ipv4:127.0.0.1:1,10.255.255.1:1",
+                  "[2001:db8::1]:50051", "coordinator.example.invalid:50051"]
+
+
+@pytest.mark.parametrize("target", REMOTE_TARGETS)
+def test_the_client_refuses_a_token_in_plaintext_to_a_remote_target_before_any_channel(target, monkeypatch):
+    from ostracon.cluster.service.client import CoordinatorClient
+
+    spy = ChannelSpy(monkeypatch)
+    with pytest.raises(ConfigError) as caught:
+        CoordinatorClient(target, token="a-token", timeout=30)
+    message = str(caught.value)
+    assert message.startswith(f"--target {target} is not a loopback address: refusing to send the bearer token")
+    assert "--tls-ca" in message and "--insecure" in message and "\n" not in message
+    assert spy.targets == []
+    with CoordinatorClient(target, token="a-token", timeout=30, insecure=True):  # the explicit opt-out
+        pass
+    with CoordinatorClient(target, timeout=30):  # no token: nothing secret to send
+        pass
+    assert spy.targets == [target, target]  # the spy sees channels: its empty list above means none was made
+
+
+def test_the_cli_client_refuses_at_once_and_insecure_opts_out(tmp_path, monkeypatch, capsys):
+    from ostracon.cluster.cli import _client
+
+    token_file = tmp_path / "token"
+    token_file.write_text("a-token")
+    spy = ChannelSpy(monkeypatch)
+    for command in (["status"], ["ops"], ["certificate", "op-000001"], ["delete", "--ids", "1", "--wait"]):
+        began = time.monotonic()
+        assert main([*command, "--target", "10.255.255.1:50051", "--token-file", str(token_file),
+                     "--timeout", "30"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ostracon: error: --target 10.255.255.1:50051 is not a loopback address") and \
+            "\n" not in err, err
+        assert time.monotonic() - began < 5, "refused before any connection attempt (the deadline is 30 s)"
+    assert spy.targets == []
+    args = build_parser().parse_args(["status", "--target", "10.255.255.1:50051", "--token-file", str(token_file),
+                                      "--insecure"])
+    _client(args).close()  # accepted: a channel is made (and closed before any call)
+    assert spy.targets == ["10.255.255.1:50051"]
+
+
+def test_the_client_sends_its_token_in_plaintext_to_a_loopback_server(tmp_path):
+    from ostracon.cluster.coordinator.deployment import Deployment
+    from ostracon.cluster.service.client import CoordinatorClient, CoordinatorError
+    from ostracon.cluster.service.server import CoordinatorServer
+
+    not_started = Deployment(str(tmp_path / "state"))  # never started: an accepted token gets UNAVAILABLE
+    server = CoordinatorServer(not_started, host="127.0.0.1", port=0, token="tok")
+    server.start()
+    port = server.address.rsplit(":", 1)[1]
+    try:
+        for target in (server.address, f"localhost:{port}", f"ipv4:127.0.0.1:{port}", f"dns:///127.0.0.1:{port}"):
+            with CoordinatorClient(target, token="tok", timeout=30) as client:
+                with pytest.raises(CoordinatorError) as caught:
+                    client.status()
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, (target, caught.value)
+                assert "not ready" in caught.value.details()  # past the token check: it was sent
+            with CoordinatorClient(target, token="wrong", timeout=30) as client:
+                with pytest.raises(CoordinatorError) as caught:
+                    client.status()
+                assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, target
+    finally:
+        server.stop(0)
+    assert not (tmp_path / "state").exists()
 
 
 def test_tls_server_and_client_with_a_self_signed_certificate(tmp_path):

@@ -48,7 +48,8 @@ DOCS: dict[str, str] = {
                     "MoNNA's NNA, has the best measured worst case "
                     "([Robustness](#robustness-nnm-before-nna-is-the-default)); `[]` is MoNNA as in its paper",
     "training.workers": "workers **per group**",
-    "training.f": "declared number of Byzantine workers the rule tolerates, per group (`f < workers/2`)",
+    "training.f": "declared number of faulty workers the rule tolerates, per group (`f < workers/2`); a round in "
+                  "which `k` workers sent nothing (crashed, late, busy) runs with `max(0, f - k)`",
     "training.rounds": "total rounds (split evenly over the SISA stages)",
     "training.batch_size": "samples per local step",
     "training.lr": "learning rate of the local step, scaled over the rounds by `training.lr_schedule`",

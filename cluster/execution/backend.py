@@ -83,8 +83,8 @@ class Backend(Protocol):
              incoming: Mapping[int, Message | None], deadline_s: float | None) -> StepResult:
         """Each worker applies ``incoming[j]`` then takes local step ``step`` of ``stage`` (global round ``t``)."""
 
-    def attack(self, workers: Sequence[int], honest: Sequence[Any], t: int) -> StepResult:
-        """Each attacker answers the round's honest vector handles."""
+    def attack(self, workers: Sequence[int], honest: Sequence[Any], t: int, budget: int | None = None) -> StepResult:
+        """Each attacker answers the round's honest vector handles, against a rule with fault ``budget``."""
 
     def deliver(self, messages: Mapping[int, Message]) -> None:
         """Apply pending messages without a step (the end of a stage: parameters become final)."""
@@ -148,10 +148,10 @@ class LocalBackend:
                 result.vectors[j] = vector
         return result
 
-    def attack(self, workers: Sequence[int], honest: Sequence[Any], t: int) -> StepResult:
+    def attack(self, workers: Sequence[int], honest: Sequence[Any], t: int, budget: int | None = None) -> StepResult:
         result = StepResult()
         for j in workers:
-            vector = self.workers[j].attack(list(honest), t)
+            vector = self.workers[j].attack(list(honest), t, budget)
             if vector is None:
                 result.failures[j] = NO_ANSWER
             else:

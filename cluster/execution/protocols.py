@@ -34,8 +34,10 @@ from .plan import RunPlan
 class TrainingProtocol(Protocol):
     """What a group does with the vectors of a round."""
 
-    def combine(self, group: int, ordered: Sequence[Any], t: int, receivers: Sequence[int]) -> dict[int, Message]:
-        """The messages ``receivers`` apply next, from the round's vector handles ``ordered`` (by worker index)."""
+    def combine(self, group: int, ordered: Sequence[Any], t: int, receivers: Sequence[int],
+                budget: int) -> dict[int, Message]:
+        """The messages ``receivers`` apply next, from the round's vector handles ``ordered`` (by worker
+        index); ``budget`` is the round's fault budget (the declared ``f`` less the silent workers)."""
 
     def restore(self, group: int, states: Mapping[int, Mapping[str, np.ndarray]]) -> None:
         """The group's workers were loaded with ``states`` (a checkpoint): reset any protocol state to match."""
@@ -47,8 +49,9 @@ class MoNNA:
     def __init__(self, plan: RunPlan, backend: Backend, server_lr: float | None = None):
         self.plan = plan
 
-    def combine(self, group: int, ordered: Sequence[Any], t: int, receivers: Sequence[int]) -> dict[int, Message]:
-        message = Mix(list(ordered))
+    def combine(self, group: int, ordered: Sequence[Any], t: int, receivers: Sequence[int],
+                budget: int) -> dict[int, Message]:
+        message = Mix(list(ordered), budget)
         return dict.fromkeys(receivers, message)
 
     def restore(self, group: int, states: Mapping[int, Mapping[str, np.ndarray]]) -> None:
@@ -64,10 +67,11 @@ class ParameterServer:
         self.plan, self.backend, self.server_lr = plan, backend, server_lr
         self.theta = {g: initial_parameters(plan.specs[plan.group_workers(g)[0]]) for g in plan.groups}
 
-    def combine(self, group: int, ordered: Sequence[Any], t: int, receivers: Sequence[int]) -> dict[int, Message]:
+    def combine(self, group: int, ordered: Sequence[Any], t: int, receivers: Sequence[int],
+                budget: int) -> dict[int, Message]:
         cfg = self.plan.config.training
         stacked = torch.from_numpy(np.stack(self.backend.fetch(ordered)))
-        f = tolerated_f(cfg.rule, cfg.pre, stacked.shape[0], cfg.f)  # absent workers shrink the round
+        f = tolerated_f(cfg.rule, cfg.pre, stacked.shape[0], budget)  # absent workers shrink the round
         pre = seeded_pre(cfg.pre, self.plan.config.seed, "pre", "server", group, t)
         update = aggregate(stacked, cfg.rule, f=f, pre=pre, **dict(cfg.rule_params))
         spec = self.plan.specs[self.plan.group_workers(group)[0]]

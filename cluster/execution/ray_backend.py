@@ -106,39 +106,40 @@ class WorkerActor:
         self.worker = build_worker(spec, data)
 
     @ray.method(num_returns=2)
-    def step(self, stage: int, step: int, t: int, kind: str | None, *payload: Any) -> tuple[str, Any]:
-        vector = self.worker.step(stage, step, t, _message(kind, payload))
+    def step(self, stage: int, step: int, t: int, kind: str | None, budget: int | None,
+             *payload: Any) -> tuple[str, Any]:
+        vector = self.worker.step(stage, step, t, _message(kind, budget, payload))
         return self.worker.last_status if vector is None else SENT, vector
 
     @ray.method(num_returns=2)
-    def attack(self, t: int, *honest: Any) -> tuple[str, Any]:
-        vector = self.worker.attack(list(honest), t)
+    def attack(self, t: int, budget: int | None, *honest: Any) -> tuple[str, Any]:
+        vector = self.worker.attack(list(honest), t, budget)
         return NO_ANSWER if vector is None else SENT, vector
 
-    def receive(self, kind: str | None, *payload: Any) -> None:
-        self.worker.receive(_message(kind, payload))
+    def receive(self, kind: str | None, budget: int | None, *payload: Any) -> None:
+        self.worker.receive(_message(kind, budget, payload))
 
     def execute(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(self.worker, *args)
 
 
 def _flat(message: Message | None) -> tuple[Any, ...]:
-    """A message as ``(kind, *handles)``: top-level refs are resolved by Ray before the call."""
+    """A message as ``(kind, budget, *handles)``: top-level refs are resolved by Ray before the call."""
     if message is None:
-        return (None,)
+        return (None, None)
     if isinstance(message, Assign):
-        return (_ASSIGN, message.parameters)
-    return (_MIX, *message.vectors)
+        return (_ASSIGN, None, message.parameters)
+    return (_MIX, message.f, *message.vectors)
 
 
-def _message(kind: str | None, payload: tuple[Any, ...]) -> Message | None:
+def _message(kind: str | None, budget: int | None, payload: tuple[Any, ...]) -> Message | None:
     if kind is None:
         return None
     if kind == _ASSIGN:
         return Assign(payload[0])
     if kind == _MIX_PACKED:  # one (n, d) array holding every row, in order
-        return Mix(payload[0])
-    return Mix(list(payload))
+        return Mix(payload[0], budget)
+    return Mix(list(payload), budget)
 
 
 R = TypeVar("R")
@@ -248,23 +249,23 @@ class RayBackend:
             if isinstance(message, Mix):
                 key = id(message.vectors)  # every worker of a group receives the same list
                 if key not in packed:
-                    packed[key] = self._pack(list(message.vectors))
+                    packed[key] = self._pack(list(message.vectors), message.f)
                 args = packed[key]
             else:
                 args = _flat(message)
             calls[j] = self.actors[j].step.remote(stage, step, t, *args)
         return self._collect(calls, deadline_s, result)
 
-    def _pack(self, handles: list[Any]) -> tuple[Any, ...]:
+    def _pack(self, handles: list[Any], budget: int | None) -> tuple[Any, ...]:
         """Small vectors: stack them once into one object (n reads a round instead of n^2 transfers).
         Large ones stay where their worker put them and are read zero-copy by every receiver."""
         first = ray.get(handles[0])
         if first.nbytes * len(handles) > PACK_LIMIT_BYTES:
-            return (_MIX, *handles)
-        return (_MIX_PACKED, ray.put(np.stack(ray.get(list(handles)))))
+            return (_MIX, budget, *handles)
+        return (_MIX_PACKED, budget, ray.put(np.stack(ray.get(list(handles)))))
 
-    def attack(self, workers: Sequence[int], honest: Sequence[Any], t: int) -> StepResult:
-        calls = {j: self.actors[j].attack.remote(t, *honest) for j in workers if self._free(j)}
+    def attack(self, workers: Sequence[int], honest: Sequence[Any], t: int, budget: int | None = None) -> StepResult:
+        calls = {j: self.actors[j].attack.remote(t, budget, *honest) for j in workers if self._free(j)}
         return self._collect(calls, None, StepResult())
 
     def _free(self, j: int) -> bool:

@@ -15,7 +15,10 @@ reproducible by a replay. Two kinds of events depend on timing:
   vector was dropped) or was still busy with a late step (``BUSY``: it did not
   run this one). Training records them in a *schedule*; replays and ``verify``
   run with ``replay_schedule=True``, wait for every worker, and impose the
-  recorded events instead, so the state evolves exactly as it did.
+  recorded events instead, so the state evolves exactly as it did. A worker that sends nothing
+  (crashed, late, busy) spends one unit of its group's fault budget for that round
+  (``round_budget``); each round's budget that differs from the declared ``f`` is recorded in the
+  schedule too, and replays impose it.
 - a worker actor that died (and was restarted by Ray, with a fresh model).
   Its group's stage is redone from the states the group had when the stage
   began (``max_stage_attempts`` tries), so no published model ever comes from a
@@ -37,23 +40,23 @@ from typing import Any
 import numpy as np
 
 from ostracon.nodes.messages import Message
-from ostracon.nodes.worker import NO_DATA, Worker
+from ostracon.nodes.worker import NO_ANSWER, NO_DATA, Worker, round_budget
 
 from ..errors import ClusterError
 from ..storage.checkpoints import CheckpointStore, WorkerState
-from ..storage.records import CheckpointInfo
+from ..storage.records import CheckpointInfo, Schedule
 from .backend import BUSY, DIED, LATE, Backend
 from .plan import RunPlan, ids_digest, stage_rounds, stage_start
 from .protocols import TrainingProtocol, make_protocol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Failure", "Schedule", "Session", "StageFailedError", "elapsed"]
+__all__ = ["Failure", "Session", "StageFailedError", "elapsed"]
 
 
-# A schedule: (group, stage) -> round -> worker -> LATE or BUSY.
-Schedule = dict[tuple[int, int], dict[int, dict[int, str]]]
 TIMING_EVENTS = (LATE, BUSY)
+# A worker that should have sent a vector and did not: faulty in that round, it spends the budget.
+SILENT = (NO_ANSWER, LATE, BUSY)
 
 
 class StageFailedError(ClusterError):
@@ -76,7 +79,7 @@ class Session:
 
     plan: RunPlan
     backend: Backend
-    schedule: Schedule = field(default_factory=dict)
+    schedule: Schedule = field(default_factory=Schedule)
     replay_schedule: bool = False  # impose ``schedule`` (replays, verify) instead of recording one
     max_stage_attempts: int = 3
     server_lr: float | None = None  # approximate unlearning: the server steps with the method's lr
@@ -116,7 +119,7 @@ class Session:
                 log.warning("group %d: a worker failed during stage %d; redoing the stage from its start", g, stage)
             todo = sorted(failed)
             for g in todo:
-                self.schedule.pop((g, stage), None)  # the failed attempt's timing events never happened
+                self.schedule.forget(g, stage)  # the failed attempt's events never happened
             if attempt < self.max_stage_attempts:
                 known.update(self._begin(todo, start))
         raise StageFailedError(f"stage {stage} of group(s) {sorted(failed)} failed {self.max_stage_attempts} times "
@@ -151,7 +154,7 @@ class Session:
         """One round for ``groups``; returns the groups in which a worker died."""
         plan, cfg = self.plan, self.plan.config.training
         trainers = [j for g in groups for j in plan.trainers(g)]
-        imposed = self._imposed(groups, stage, t) if self.replay_schedule else {}
+        imposed = self.schedule.for_stage(groups, stage, t) if self.replay_schedule else {}
         called = [j for j in trainers if imposed.get(j) != BUSY]
         deadline = None if self.replay_schedule else (cfg.round_deadline_s or None)
         sent = self.backend.step(called, stage, step, t, {j: self.incoming.get(j) for j in called}, deadline)
@@ -172,7 +175,9 @@ class Session:
             )
             honest = [sent.vectors[j] for j in plan.honest(g) if j in sent.vectors]
             attackers = plan.attackers(g)
-            attacks = self.backend.attack(attackers, honest, t) if attackers and honest else None
+            silent = sum(sent.failures.get(j) in SILENT for j in plan.trainers(g))
+            budget = self._budget(g, stage, t, silent)
+            attacks = self.backend.attack(attackers, honest, t, budget) if attackers and honest else None
             vectors = {j: sent.vectors[j] for j in group_trainers}
             if attacks is not None:
                 self._log(t, attacks.failures)
@@ -180,25 +185,35 @@ class Session:
                     failed.add(g)
                     continue
                 vectors.update(attacks.vectors)
+                quiet = sum(attacks.failures.get(j) == NO_ANSWER for j in attackers)
+                budget = self._budget(g, stage, t, silent + quiet) if quiet else budget
             # Fixed order (by worker index): float sums must see rows in the same order on every backend.
             ordered = [vectors[j] for j in sorted(vectors)]
             if not ordered:
                 continue
             followers = [j for j in plan.honest(g) if sent.failures.get(j) == NO_DATA] if honest else []
-            self.incoming.update(self.protocol.combine(g, ordered, t, group_trainers + followers))
+            self.incoming.update(self.protocol.combine(g, ordered, t, group_trainers + followers, budget))
+            if not self.replay_schedule and budget != self.plan.config.training.f:
+                self.schedule.budgets.setdefault((g, stage), {})[t] = budget
         return failed
 
-    def _imposed(self, groups: Sequence[int], stage: int, t: int) -> dict[int, str]:
-        out: dict[int, str] = {}
-        for g in groups:
-            out.update(self.schedule.get((g, stage), {}).get(t, {}))
-        return out
+    def _budget(self, group: int, stage: int, t: int, silent: int) -> int:
+        """Round ``t``'s fault budget for ``group`` with ``silent`` workers silent: the recorded one in a
+        replay; the declared ``f`` for a state trained before silent workers spent it."""
+        declared = self.plan.config.training.f
+        if self.replay_schedule:
+            recorded = self.schedule.budgets.get((group, stage), {}).get(t)
+            if recorded is not None:
+                return recorded
+        if not self.schedule.silent_spend:
+            return declared
+        return round_budget(declared, silent)
 
     def _record_timing(self, stage: int, t: int, failures: dict[int, str]) -> None:
         for j, reason in failures.items():
             if reason in TIMING_EVENTS:
                 g = self.plan.specs[j].group
-                self.schedule.setdefault((g, stage), {}).setdefault(t, {})[j] = reason
+                self.schedule.events.setdefault((g, stage), {}).setdefault(t, {})[j] = reason
 
     def flush(self, groups: Sequence[int]) -> None:
         """Deliver pending messages so every worker's parameters are the round's final ones."""

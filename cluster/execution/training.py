@@ -8,6 +8,7 @@ under the same directory, which is the ``state_dir`` of later unlearning.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -34,13 +35,13 @@ from ..storage import statedir
 from ..storage.checkpoints import CheckpointStore
 from ..storage.ledger import Ledger
 from ..storage.outputs import METRICS_JSONL, SUMMARY_JSON, write_accuracy_plot, write_json, write_state_json
-from ..storage.records import CheckpointInfo, VersionRecord, checkpoint_key
+from ..storage.records import CheckpointInfo, Schedule, VersionRecord, checkpoint_key
 from .backend import Backend, make_backend
 from .ensemble import ensemble_accuracy
 from .hooks import NO_HOOKS, Hooks
 from .plan import RunPlan, dataset_digest, ids_digest, load_config_dataset, make_plan, stage_rounds
 from .progress import progress_bar
-from .session import Schedule, Session, elapsed
+from .session import Session, elapsed
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class TrainResult:
     summary: dict
     metrics: list[dict] = field(default_factory=list)
     parameters: dict[int, np.ndarray] = field(default_factory=dict)  # honest workers' final parameters
-    schedule: dict = field(default_factory=dict)  # the timing events recorded (or imposed)
+    schedule: Schedule = field(default_factory=Schedule)  # the timing events and budgets recorded (or imposed)
 
 
 def served_worker(plan: RunPlan, group: int) -> int:
@@ -109,7 +110,8 @@ def _train(config: Config, outdir: str | None, backend: Backend | None, progress
     metrics_file: IO[str] | None = open(os.path.join(outdir, METRICS_JSONL), "w") if outdir else None  # noqa: SIM115
     try:
         backend.start(plan.specs, plan.data)
-        session = Session(plan, backend, schedule=dict(schedule or {}), replay_schedule=schedule is not None,
+        session = Session(plan, backend, schedule=copy.deepcopy(schedule) if schedule is not None else Schedule(),
+                          replay_schedule=schedule is not None,
                           max_stage_attempts=config.backend.max_restarts + 1)
         groups = plan.groups
         shown = [0]
@@ -144,7 +146,9 @@ def _train(config: Config, outdir: str | None, backend: Backend | None, progress
             metrics[-1]["failures"].extend(leftover)
         params = session.honest_parameters(groups)
         summary = make_summary(plan, session, params, metrics, elapsed(began))
-        summary["schedule_events"] = sum(len(w) for rounds in session.schedule.values() for w in rounds.values())
+        summary["schedule_events"] = session.schedule.event_count()
+        # Rounds (per group) in which silent workers spent part of the fault budget.
+        summary["budget_rounds"] = sum(len(rounds) for rounds in session.schedule.budgets.values())
         if outdir is not None and ledger is not None:
             record = version_record(summary, checkpoint_index)
             ledger.set_schedule(session.schedule)
@@ -155,7 +159,7 @@ def _train(config: Config, outdir: str | None, backend: Backend | None, progress
             write_json(os.path.join(outdir, SUMMARY_JSON), summary)
             write_accuracy_plot(metrics, os.path.join(outdir, "accuracy.png"), title=plot_title(config),
                                 versions=[{"model_version": 1, **record.evaluation}])
-        return TrainResult(config, summary, metrics, params, dict(session.schedule))
+        return TrainResult(config, summary, metrics, params, session.schedule)
     finally:
         if metrics_file:
             metrics_file.close()

@@ -29,10 +29,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ostracon.v1 import coordinator_pb2 as pb
 from ostracon.v1 import coordinator_pb2_grpc as pb_grpc
 
-from ..errors import OstraconError, RequestError
+from ..errors import ConfigError, OstraconError, RequestError
 from ..vocabulary import DeletionMode, OperationState
 from .auth import bearer_metadata
-from .server import CHANNEL_OPTIONS
+from .server import CHANNEL_OPTIONS, is_loopback
 from .servicer import MODE_ENUMS, MODES, SERVICE_NAME
 from .tensors import decode, encode
 
@@ -61,13 +61,55 @@ def operation_dict(op: pb.Operation) -> dict:
             "mode": MODES[op.mode].value}
 
 
+LOCAL_SCHEMES = ("unix:", "unix-abstract:")  # gRPC targets that never leave this machine
+RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:")  # gRPC targets naming hosts after a scheme
+
+
+def target_hosts(target: str) -> list[str]:
+    """The hosts a gRPC ``target`` names: 'h:1' -> ['h'], '[::1]:1' -> ['::1'], 'dns:///h:1' -> ['h'],
+    'ipv4:10.0.0.1:1,10.0.0.2:1' -> both; [] for a Unix socket."""
+    if target.startswith(LOCAL_SCHEMES):
+        return []
+    rest = target
+    for scheme in RESOLVER_SCHEMES:
+        if rest.startswith(scheme):
+            rest = rest[len(scheme):]
+            if rest.startswith("//"):  # dns://[authority]/host:port: the DNS server is not the target
+                rest = rest[2:].partition("/")[2]
+            break
+    return [_host_of(address) for address in rest.split(",")]
+
+
+def _host_of(address: str) -> str:
+    if address.startswith("["):  # [v6]:port
+        return address[1:].partition("]")[0]
+    if address.count(":") == 1:  # host:port
+        return address.partition(":")[0]
+    return address  # a bare host, or a bare IPv6 address
+
+
+def check_token_transport(target: str, token: str | None, tls: bool, insecure: bool) -> None:
+    """Refuse, before any channel exists, to send a bearer token in plaintext beyond this machine: anyone on
+    the path could read it and act as the client."""
+    if token is None or tls or insecure:
+        return
+    hosts = target_hosts(target)
+    if not all(is_loopback(host) for host in hosts):
+        raise ConfigError(f"--target {target} is not a loopback address: refusing to send the bearer token "
+                          "over plaintext gRPC; give --tls-ca (tls_ca=) for a TLS coordinator, or --insecure "
+                          "(insecure=True) if the network is trusted")
+
+
 class CoordinatorClient:
     """A channel to one coordinator at ``target`` (``HOST:PORT``); TLS when ``tls_ca`` (a PEM file of the
-    CA that signed the server's certificate) is given. Use as a context manager, or call :meth:`close`."""
+    CA that signed the server's certificate) is given. A token goes in plaintext only to a loopback target,
+    or anywhere with ``insecure=True``. Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, target: str, token: str | None = None, timeout: float = 30.0, tls_ca: str | None = None):
+    def __init__(self, target: str, token: str | None = None, timeout: float = 30.0, tls_ca: str | None = None,
+                 insecure: bool = False):
         if not timeout or timeout <= 0:
             raise RequestError(f"timeout: {timeout} is not a positive number of seconds")
+        check_token_transport(target, token, tls=bool(tls_ca), insecure=insecure)
         self.target, self.timeout = target, float(timeout)
         self._metadata = bearer_metadata(token)
         if tls_ca:

@@ -110,11 +110,18 @@ def is_loopback(host: str) -> bool:
         return False  # another host name: it may resolve anywhere
 
 
-def check_bind_allowed(host: str, token: str | None) -> None:
-    """Refuse to expose an unauthenticated coordinator beyond this machine."""
-    if token is None and not is_loopback(host):
+def check_bind_allowed(host: str, token: str | None, tls: bool = False, insecure: bool = False) -> None:
+    """Refuse to expose the coordinator beyond this machine unauthenticated, or in plaintext unless asked:
+    its bearer token (and every request) would cross the network readable by anyone on the path."""
+    if is_loopback(host):
+        return
+    if token is None:
         raise ConfigError(f"--host {host} is not a loopback address: refusing to serve without a token "
                           "(give --token-file or set OSTRACON_TOKEN, or bind 127.0.0.1)")
+    if not tls and not insecure:
+        raise ConfigError(f"--host {host} is not a loopback address: refusing to serve plaintext gRPC (the bearer "
+                          "token would cross the network readable); give --tls-cert and --tls-key, or --insecure "
+                          "if TLS is terminated in front of the server or the network is trusted")
 
 
 def format_address(host: str, port: int) -> str:
@@ -156,8 +163,9 @@ class CoordinatorServer:
     :meth:`mark_serving`."""
 
     def __init__(self, deployment, *, host: str = "127.0.0.1", port: int = 50051, token: str | None = None,
-                 credentials: grpc.ServerCredentials | None = None, limits: ServerLimits | None = None):
-        check_bind_allowed(host, token)
+                 credentials: grpc.ServerCredentials | None = None, limits: ServerLimits | None = None,
+                 insecure: bool = False):
+        check_bind_allowed(host, token, tls=credentials is not None, insecure=insecure)
         self.limits = limits or ServerLimits()
         self._loop = _Loop.get()
         self._pool = futures.ThreadPoolExecutor(max_workers=self.limits.workers, thread_name_prefix="ostracon-rpc")
@@ -226,12 +234,16 @@ def remove_server_json(state_dir: str) -> None:
 def serve(state_dir: str, *, config_path: str | None = None, overrides: dict | None = None,
           host: str = "127.0.0.1", port: int = 50051, token: str | None = None, tls_cert: str | None = None,
           tls_key: str | None = None, max_ids_per_request: int = 10_000, out=None,
-          limits: ServerLimits | None = None, **deployment_limits: Any) -> int:
+          limits: ServerLimits | None = None, insecure: bool = False, **deployment_limits: Any) -> int:
     """Run the coordinator until SIGTERM/SIGINT; 0 after a SIGTERM drain, 130 after Ctrl-C. ``limits``: the
-    server's (connections, concurrency, streams); ``deployment_limits``: the Deployment's input limits."""
+    server's (connections, concurrency, streams); ``deployment_limits``: the Deployment's input limits;
+    ``insecure``: serve plaintext on a non-loopback host (``--insecure``)."""
     out = out or sys.stdout
     credentials = tls_credentials(tls_cert, tls_key)
-    check_bind_allowed(host, token)  # before anything loads or locks
+    check_bind_allowed(host, token, tls=credentials is not None, insecure=insecure)  # before anything loads or locks
+    if credentials is None and not is_loopback(host):  # allowed by --insecure: say so where operators look
+        log.warning("serving plaintext gRPC on %s (--insecure): the bearer token crosses the network unencrypted "
+                    "unless TLS is terminated in front of this server", host)
     from ..coordinator.deployment import Deployment
 
     deployment = Deployment(state_dir, config_path=config_path, overrides=overrides,
@@ -241,7 +253,8 @@ def serve(state_dir: str, *, config_path: str | None = None, overrides: dict | N
         wanted = int(deployment_limits.get("max_predict_bytes") or 0) + MESSAGE_FRAMING_BYTES
         if wanted > limits.max_receive_bytes:
             limits = dataclasses.replace(limits, max_receive_bytes=wanted)
-    server = CoordinatorServer(deployment, host=host, port=port, token=token, credentials=credentials, limits=limits)
+    server = CoordinatorServer(deployment, host=host, port=port, token=token, credentials=credentials, limits=limits,
+                               insecure=insecure)
     received: list[int] = []
     stop = threading.Event()
 

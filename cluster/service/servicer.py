@@ -25,6 +25,7 @@ from ..coordinator.journal import Operation
 from ..coordinator.status import ClusterStatus
 from ..errors import RequestError
 from ..storage.records import Certificate, NothingToDelete
+from ..unlearning.requests import LimitExceededError
 from ..vocabulary import DeletionMode
 from .auth import presented_token
 from .statuses import status_for
@@ -85,9 +86,14 @@ async def _abort_for(context: grpc.aio.ServicerContext, exc: BaseException) -> N
     await _abort(context, *status_for(exc))
 
 
-def validate_delete(request: pb.DeleteRequest) -> tuple[list[str], DeletionMode]:
-    """(ids, mode) of a well-formed DeleteRequest; :class:`RequestError` naming the field otherwise."""
-    if not request.sample_ids:
+def validate_delete(request: pb.DeleteRequest, max_ids: int | None = None) -> tuple[list[str], DeletionMode]:
+    """(ids, mode) of a well-formed DeleteRequest; :class:`RequestError` naming the field otherwise. The raw id
+    count is bounded first, in O(1): 10M copies of one id are refused before anything walks them."""
+    count = len(request.sample_ids)
+    if max_ids is not None and count > max_ids:
+        raise LimitExceededError(f"sample_ids: {count} ids exceed max_ids_per_request = {max_ids} (counted as "
+                                 "given, duplicates included); split the request", "sample_ids")
+    if not count:
         raise RequestError("sample_ids: empty; give at least one sample id")
     for index, sample_id in enumerate(request.sample_ids):
         if not sample_id:
@@ -145,7 +151,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def Delete(self, request, context):
         await self._ready(context)
         try:
-            ids, mode = validate_delete(request)
+            ids, mode = validate_delete(request, self.deployment.max_ids_per_request)
         except RequestError as exc:
             await _abort_for(context, exc)
         op = await self._call(context, self.deployment.delete, ids, mode=mode, method=request.method,

@@ -12,6 +12,8 @@ change is one transaction, committed and synced before the files derived from it
 ``store_files`` the sha256 of every shard store's ``rows.npz`` as last written
 ``schedule``    the timing-dependent events of training (a worker that missed a round's deadline or
                 was still busy), replayed by every later replay and by ``verify``
+``round_budgets`` each round's fault budget where silent workers spent part of it (meta
+                ``silent_workers_spend_f``: absent in a ledger trained before they did)
 ``operations``  the coordinator's journal of deletion operations (``ostracon.cluster.coordinator.journal``), and
 ``operation_events`` their numbered state changes; an operation that reaches the ledger is linked to
                 its request in the same transaction, so the two never disagree after a crash
@@ -34,10 +36,12 @@ from typing import Any
 
 from ..errors import OstraconError
 from ..vocabulary import DeletionMode, RequestStep
-from .records import Certificate, Placement, Request, VersionRecord
+from .records import Certificate, Placement, Request, Schedule, VersionRecord
 
 FILE = "ledger.sqlite"
 FORMAT = 1
+# meta key: true when silent workers spent the fault budget in training (and so in every replay)
+SILENT_SPEND_KEY = "silent_workers_spend_f"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,6 +78,10 @@ CREATE TABLE IF NOT EXISTS schedule (
     grp INTEGER NOT NULL, stage INTEGER NOT NULL, round INTEGER NOT NULL, worker INTEGER NOT NULL,
     status TEXT NOT NULL,
     PRIMARY KEY (grp, stage, round, worker)
+);
+CREATE TABLE IF NOT EXISTS round_budgets (
+    grp INTEGER NOT NULL, stage INTEGER NOT NULL, round INTEGER NOT NULL, f INTEGER NOT NULL,
+    PRIMARY KEY (grp, stage, round)
 );
 CREATE TABLE IF NOT EXISTS operations (
     id TEXT PRIMARY KEY,
@@ -283,18 +291,30 @@ class Ledger:
             db.executemany("INSERT OR REPLACE INTO store_files(worker, sha256) VALUES (?, ?)", list(hashes.items()))
 
     # ----- timing-dependent events -----------------------------------------------------------------
-    def schedule(self) -> dict[tuple[int, int], dict[int, dict[int, str]]]:
-        out: dict[tuple[int, int], dict[int, dict[int, str]]] = {}
+    def schedule(self) -> Schedule:
+        """What training recorded for replays: timing events and the rounds' fault budgets."""
+        out = Schedule(silent_spend=bool(self.meta(SILENT_SPEND_KEY, False)))
         for g, s, t, j, status in self._query("SELECT grp, stage, round, worker, status FROM schedule"):
-            out.setdefault((g, s), {}).setdefault(t, {})[j] = status
+            out.events.setdefault((g, s), {}).setdefault(t, {})[j] = status
+        if self._has_table("round_budgets"):  # a ledger trained before budgets were recorded has none
+            for g, s, t, f in self._query("SELECT grp, stage, round, f FROM round_budgets"):
+                out.budgets.setdefault((g, s), {})[t] = f
         return out
 
-    def set_schedule(self, schedule: Mapping[tuple[int, int], Mapping[int, Mapping[int, str]]]) -> None:
-        rows = [(g, s, t, j, status) for (g, s), rounds in schedule.items()
-                for t, workers in rounds.items() for j, status in workers.items()]
+    def set_schedule(self, schedule: Schedule) -> None:
+        events = [(g, s, t, j, status) for (g, s), rounds in schedule.events.items()
+                  for t, workers in rounds.items() for j, status in workers.items()]
+        budgets = [(g, s, t, f) for (g, s), rounds in schedule.budgets.items() for t, f in rounds.items()]
         with self.transaction() as db:
             db.execute("DELETE FROM schedule")
-            db.executemany("INSERT INTO schedule(grp, stage, round, worker, status) VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO schedule(grp, stage, round, worker, status) VALUES (?, ?, ?, ?, ?)", events)
+            db.execute("DELETE FROM round_budgets")
+            db.executemany("INSERT INTO round_budgets(grp, stage, round, f) VALUES (?, ?, ?, ?)", budgets)
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                       (SILENT_SPEND_KEY, json.dumps(schedule.silent_spend)))
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     def ensure_schema(self) -> None:
         """Create the tables a ledger written by an older ostracon lacks (the operations journal)."""

@@ -330,6 +330,43 @@ class Certificate:
         return cls.from_dict(json.loads(text))
 
 
+# (group, stage) -> round -> worker -> LATE or BUSY (``ostracon.cluster.execution.backend``).
+TimingEvents = dict[tuple[int, int], dict[int, dict[int, str]]]
+# (group, stage) -> round -> the fault budget ``f`` that round's rule ran with, where it was not the declared one.
+RoundBudgets = dict[tuple[int, int], dict[int, int]]
+
+
+@dataclass
+class Schedule:
+    """What a replay imposes so that it runs as training did (docs/design.md, invariant 7).
+
+    ``events``: the timing-dependent absences (a worker past the round deadline, or still busy).
+    ``budgets``: each round's fault budget where silent workers spent part of it (``max(0, f - k)``
+    with ``k`` workers silent; docs/design.md, "Silent workers spend the fault budget").
+    ``silent_spend``: ``False`` for a state trained before silent workers spent the budget: its
+    replays keep the declared ``f`` in every round, as its training did. Mutable: training records
+    into it as rounds run."""
+
+    events: TimingEvents = field(default_factory=dict)
+    budgets: RoundBudgets = field(default_factory=dict)
+    silent_spend: bool = True
+
+    def forget(self, group: int, stage: int) -> None:
+        """A failed attempt of ``group``'s ``stage`` is redone: what it recorded never happened."""
+        self.events.pop((group, stage), None)
+        self.budgets.pop((group, stage), None)
+
+    def event_count(self) -> int:
+        return sum(len(workers) for rounds in self.events.values() for workers in rounds.values())
+
+    def for_stage(self, groups: Iterable[int], stage: int, t: int) -> dict[int, str]:
+        """The recorded events of round ``t`` of ``stage`` for ``groups``: worker -> LATE or BUSY."""
+        out: dict[int, str] = {}
+        for g in groups:
+            out.update(self.events.get((g, stage), {}).get(t, {}))
+        return out
+
+
 @dataclass(frozen=True)
 class NothingToDelete:
     """The answer to a request whose ids were all deleted already: nothing changed, nothing is stored."""

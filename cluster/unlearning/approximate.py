@@ -45,7 +45,7 @@ from ..execution.hooks import NO_HOOKS, Hooks
 from ..execution.session import Session, elapsed
 from ..storage.checkpoints import CheckpointError
 from ..storage.outputs import write_state_json
-from ..storage.records import Certificate, Cost, Debt, Request
+from ..storage.records import Certificate, Cost, Debt, Request, Schedule
 from ..vocabulary import DeletionMode, PhaseOutcome, RequestStep
 from . import certificates
 from .exact import LiveWorkers, evaluate_version, finish_published, run_request, start_workers
@@ -82,7 +82,9 @@ def update_groups(st: TrainedState, by_group: Mapping[int, Sequence[str]], metho
     groups = sorted(by_group)
     _, record = st.ledger.latest_version()
     last = st.config.unlearning.slices - 1
-    session = Session(plan, backend, replay_schedule=True, server_lr=getattr(params, "lr", None))
+    # No training events to impose (these are new rounds), but the state's budget policy holds.
+    policy = Schedule(silent_spend=st.ledger.schedule().silent_spend)
+    session = Session(plan, backend, schedule=policy, replay_schedule=True, server_lr=getattr(params, "lr", None))
     start: dict[int, dict[str, np.ndarray]] = {}
     for g in groups:
         start.update(published_states(st, record, g))
