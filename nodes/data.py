@@ -24,6 +24,10 @@ Sources (``load_dataset(source, ...)``):
     ``(N, 3, 32, 32)`` in [0, 1].
 ``npz``
     a user file at ``path`` with arrays ``X``, ``y`` and optional ``ids``.
+``parquet``
+    ``path`` is a file, a directory of ``.parquet`` files, or a URI (``s3://bucket/prefix``) with
+    columns ``id``, ``label``, ``features``; param ``shape`` reshapes each row's features
+    (``ostracon.nodes.parquet``).
 
 For the image sources, param ``split`` is ``"train"``, ``"test"`` or ``"all"``
 (default: both, concatenated); ids are ``"train-<i>"`` / ``"test-<i>"`` with
@@ -51,7 +55,9 @@ from typing import Any
 import numpy as np
 from numpy.lib.npyio import NpzFile
 
-SOURCES = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "npz")
+from .parquet import read_parquet
+
+SOURCES = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "npz", "parquet")
 IMAGE_SPLITS = ("train", "test", "all")
 
 # Rows per independent random stream of the synthetic source (row i's values never depend on N).
@@ -124,6 +130,9 @@ def load_dataset(
     elif source == "npz":
         _reject_params(source, params, allowed=())
         ids, x, y, k = _npz(_require_path(source, path))
+    elif source == "parquet":
+        _reject_params(source, params, allowed=("shape",))
+        ids, x, y, k = read_parquet(_require_path(source, path), params.get("shape") or ())
     else:
         _reject_params(source, params, allowed=("split",))
         split = params.get("split", "all")

@@ -18,8 +18,10 @@ DOCS: dict[str, str] = {
     "threads": "torch threads per worker (and in the driver)",
     # ----- [data]
     "data.source": "`digits`, `synthetic`, `mnist`, `fashion_mnist`, `cifar10` (read from `data.path` in "
-                   "torchvision's on-disk layout, never downloaded), `npz` (`X`, `y`, optional `ids`)",
-    "data.path": "npz file, or dataset root for the image sets; a relative path is taken from the working directory "
+                   "torchvision's on-disk layout, never downloaded), `npz` (`X`, `y`, optional `ids`), `parquet` "
+                   "(columns `id`, `label`, `features`: see [Parquet data](#parquet-data))",
+    "data.path": "npz file, dataset root for the image sets, or parquet file / directory / `s3://bucket/prefix` "
+                 "URI; a relative path is taken from the working directory "
                  "and stored absolute in `config.json` (so `unlearn`/`verify` work from anywhere)",
     "data.test_fraction": "held-out test split, chosen by a hash of each sample's id; `0`: no test split, accuracy is "
                           "not measured (`null` in `summary.json`, with a `note`)",
@@ -33,6 +35,7 @@ DOCS: dict[str, str] = {
     "data.split": "`all`: the training data is partitioned over every worker; `honest`: over the honest workers only "
                   "(Byzantine attackers hold none, a `label_flip`/`crash` worker copies an honest worker's rows), "
                   "the papers' benchmark setting",
+    "data.shape": "parquet: each row's `features` reshaped to this, e.g. `[3, 32, 32]` (`[]`: a flat vector)",
     # ----- [model]
     "model.name": "`logreg`, `mlp`, `cnn`, `resnet18` (GroupNorm: BatchNorm statistics do not average across workers)",
     "model.params": "e.g. `{ hidden = 64, layers = 1 }` for `mlp`",

@@ -53,6 +53,7 @@ class DataConfig:
     features: int = 32
     classes: int = 10
     split: str = "all"  # "all": every worker holds data; "honest": only the honest ones (benchmarks)
+    shape: tuple = ()  # parquet: each row's features reshaped to this (e.g. (3, 32, 32)); (): as stored
 
 
 @dataclass(frozen=True)
@@ -227,8 +228,8 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
             kwargs[name] = _typed(name, raw[name], type(getattr(Config(), name)))
     for section, cls in SECTIONS.items():
         kwargs[section] = _section(section, cls, raw.get(section, {}))
-    if kwargs["data"].path:
-        # Stored absolute, so `unlearn` and `verify` find the data from any working directory.
+    if kwargs["data"].path and "://" not in kwargs["data"].path:
+        # Stored absolute, so `unlearn` and `verify` find the data from any working directory (a URI is already).
         absolute = os.path.abspath(os.path.expanduser(kwargs["data"].path))
         kwargs["data"] = dataclasses.replace(kwargs["data"], path=absolute)
     config = Config(**kwargs)
@@ -279,12 +280,20 @@ def _typed(key: str, value: Any, kind: type) -> Any:
     if kind is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
+        if key == "data.shape":
+            return tuple(_shape_entry(key, v) for v in value)
         return tuple(_pre_entry(key, v) for v in value)
     if kind is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a table, got {value!r}")
         return dict(value)
     raise AssertionError(kind)
+
+
+def _shape_entry(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: each entry must be a positive integer, got {value!r}")
+    return value
 
 
 def _pre_entry(key: str, value: Any):
@@ -314,6 +323,11 @@ def validate(config: Config) -> None:
             raise ConfigError("data.path: required when data.source = \"npz\"")
         if not os.path.isfile(d.path):
             raise ConfigError(f"data.path: npz file not found: {d.path}")
+    if d.source == "parquet" and not d.path:
+        raise ConfigError("data.path: required when data.source = \"parquet\" (a file, a directory of .parquet "
+                          "files, or an s3:// URI)")
+    if d.shape and d.source != "parquet":
+        raise ConfigError(f"data.shape: applies to data.source = \"parquet\" only, not {d.source!r}")
     if d.source in ("mnist", "fashion_mnist", "cifar10") and not d.path:
         raise ConfigError(f"data.path: the local dataset root is required for data.source = {d.source!r}")
     _choice("data.partition", d.partition, ("iid", "dirichlet", "by_class"))

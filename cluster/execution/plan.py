@@ -73,6 +73,8 @@ def load_config_dataset(config: Config) -> Dataset:
         if d.source == "synthetic":
             return load_dataset("synthetic", seed=config.seed, samples=d.samples, features=d.features,
                                 classes=d.classes)
+        if d.source == "parquet":
+            return load_dataset("parquet", path=d.path, shape=d.shape)
         return load_dataset(d.source, path=d.path or None)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         if d.path:
