@@ -1,10 +1,19 @@
 """Robustness benchmark: honest test accuracy under every attack, for D-SGD, robust servers and MoNNA variants.
 
-    python bench/robustness.py [--config examples/robustness.toml] [--seeds 5] [--rounds N]
-                               [--split all|honest|both] [--alpha A]
+    python bench/robustness.py [--quick | --full] [--config examples/robustness.toml] [--seeds 5]
+                               [--rounds N] [--split all|honest|both] [--alpha A[,B...]]
                                [--attacks none,sign_flip,...] [--rules monna,monna+nnm,...]
                                [--jobs 1] [--out bench/results/robustness.md [--append]]
     ostracon bench robustness [same arguments]
+
+Presets (explicit arguments override them; :data:`PRESETS`):
+
+- ``--quick``: 3 seeds, the 8 attacks hardest for the default (``QUICK_ATTACKS``) and ``none``,
+  every column (ostracon's and the ByzFL peers), split ``all``.
+- ``--full``: 5 seeds, every attack, both splits, the default (``monna+nnm``), ostracon's server
+  rule and every ByzFL peer column.
+- heterogeneity: ``--alpha 1,0.1`` runs each column at both Dirichlet alphas and reports them side
+  by side (columns ``rule @ alpha=A``), e.g. ``--quick --alpha 1,0.1 --rules monna+nnm,byzfl+nnm+trmean``.
 
 Setting (``examples/robustness.toml``): scikit-learn digits, ``mlp``, 10
 workers per run of which 3 Byzantine (the last three), Dirichlet(alpha = 1)
@@ -51,7 +60,29 @@ Rules: ``server+mean`` (parameter server, plain mean: D-SGD),
 momentum on the local step): ``monna+mean`` (D-SGD without a server),
 ``monna`` (NNA, the paper's MoNNA), ``monna+nnm`` (NNM then NNA, the
 default), ``monna+bounded`` / ``monna+nnm+bounded`` (``bounded_nna``: the
-mixing step capped at the local step).
+mixing step capped at the local step). ``server+arc+nnm+cwtm``: ostracon's
+own ARC then NNM then CWTM on the server.
+
+Peer columns (``byzfl+...``, :data:`PEERS`): ByzFL's own aggregator and
+pre-aggregator objects (``byzfl.aggregators``: ``NNM``, ``ARC``, ``TrMean``,
+``Krum``; ByzFL 0.0.11, the reference library of the field) on ostracon's
+server protocol, with the same data, model, attacks, seeds and rounds:
+``byzfl+nnm+trmean`` and ``byzfl+nnm+krum`` (NNM, Allouah et al. 2023, before
+a robust rule: the pairing ByzFL's docs and benchmark use), and
+``byzfl+arc+nnm+trmean`` / ``byzfl+arc+nnm+krum`` (ARC, Allouah et al. 2024,
+then NNM, as ByzFL's ``RobustAggregator`` chains pre-aggregators). The
+benchmark registers each as a rule (``byzfl_nnm_trmean``, ...) in ostracon's
+rule registry for the duration of a peer run only (:func:`peer_rules`), so the
+server calls it as it calls any rule -- ``aggregate(vectors, rule, f=f, pre=(),
+...)`` with the round's effective ``f`` -- and the omniscient attacks search
+against it; each ByzFL object is built with that ``f``. ByzFL is a
+benchmark-only dependency, imported lazily and only here: ``pip install
+--no-deps byzfl==0.0.11`` (its declared requirements pull torchvision,
+matplotlib, seaborn and, through torchvision, a CUDA torch over the CPU one;
+the aggregators need only torch, numpy and scipy). ``import byzfl`` runs the
+package ``__init__``, which imports its training framework (torchvision), so
+the benchmark loads ``byzfl.aggregators`` under an empty parent package
+instead (:func:`byzfl_aggregators`).
 
 Speed: the attacks other than ``gaussian`` are deterministic functions of the
 honest vectors (and, for ``mimic_variant``, of a state every attacker updates
@@ -70,13 +101,17 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -86,7 +121,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import ostracon.nodes.worker as worker_module  # noqa: E402
-from ostracon.aggregator import get_pre_aggregation  # noqa: E402
+from ostracon.aggregator import RULES as RULE_REGISTRY  # noqa: E402
+from ostracon.aggregator import get_pre_aggregation, register_rule  # noqa: E402
 from ostracon.cluster.config import Config, load  # noqa: E402
 from ostracon.cluster.execution.backend import LocalBackend, StepResult  # noqa: E402
 from ostracon.cluster.execution.plan import load_config_dataset  # noqa: E402
@@ -119,6 +155,7 @@ RULES: dict[str, dict] = {
     "server+mean": {"training.protocol": "server", "training.rule": "mean", "training.pre": []},
     "server+cwtm": {"training.protocol": "server", "training.rule": "cwtm", "training.pre": []},
     "server+nnm+cwtm": {"training.protocol": "server", "training.rule": "cwtm", "training.pre": ["nnm"]},
+    "server+arc+nnm+cwtm": {"training.protocol": "server", "training.rule": "cwtm", "training.pre": ["arc", "nnm"]},
     "monna+mean": {"training.protocol": "monna", "training.rule": "mean", "training.pre": []},
     "monna": {"training.protocol": "monna", "training.rule": "nna", "training.pre": []},
     "monna+nnm": {"training.protocol": "monna", "training.rule": "nna", "training.pre": ["nnm"]},
@@ -126,7 +163,41 @@ RULES: dict[str, dict] = {
     "monna+nnm+bounded": {"training.protocol": "monna", "training.rule": "bounded_nna", "training.pre": ["nnm"]},
 }
 
+# Peer column -> (ByzFL pre-aggregators, applied in order, then ByzFL's aggregator), on the server protocol.
+PEERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "byzfl+nnm+trmean": (("NNM",), "TrMean"),
+    "byzfl+nnm+krum": (("NNM",), "Krum"),
+    "byzfl+arc+nnm+trmean": (("ARC", "NNM"), "TrMean"),
+    "byzfl+arc+nnm+krum": (("ARC", "NNM"), "Krum"),
+}
+BYZFL_PACKAGE = "byzfl"
+BYZFL_VERSION = "0.0.11"
+BYZFL_INSTALL = f"pip install --no-deps {BYZFL_PACKAGE}=={BYZFL_VERSION}"
+
+
+def peer_rule_name(column: str) -> str:
+    """The registry name of a peer column's rule: ``byzfl+nnm+trmean`` -> ``byzfl_nnm_trmean``."""
+    return column.replace("+", "_")
+
+
+for _column in PEERS:
+    RULES[_column] = {"training.protocol": "server", "training.rule": peer_rule_name(_column), "training.pre": []}
+
+DEFAULT_RULE = "monna+nnm"  # the shipped configuration (training.pre = ["nnm"], rule = "nna")
 SPLITS = ("all", "honest")
+
+# The 8 attacks hardest for the default in bench/results/robustness.md (split all, 5 seeds, by mean:
+# alie_optimized_both 0.861, crash 0.881, mimic_worst 0.889, mimic_variant 0.910, alie_optimized_up
+# 0.916, alie_optimized 0.918, mimic 0.920, label_flip 0.927), with `mimic` (target 0, one of the
+# targets mimic_worst already tries, so it never sets a worst case) replaced by foe_optimized, the
+# server rules' worst row in the earlier table; then `none`, the reference the crash row is read against.
+QUICK_ATTACKS = ("alie_optimized_both", "crash", "mimic_worst", "mimic_variant", "alie_optimized_up",
+                 "alie_optimized", "label_flip", "foe_optimized")
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"seeds": 3, "attacks": ",".join(("none", *QUICK_ATTACKS)), "rules": ",".join(RULES), "split": "all"},
+    "full": {"seeds": 5, "attacks": ",".join(ATTACKS), "split": "both",
+             "rules": ",".join((DEFAULT_RULE, "server+nnm+cwtm", *PEERS))},
+}
 
 # Attacks that ignore their generator: one vector per round, the same for every Byzantine worker.
 DETERMINISTIC_ATTACKS = frozenset({"sign_flip", "alie", "alie_optimized", "foe", "foe_optimized", "mimic",
@@ -196,6 +267,100 @@ def pre_aggregation_once():
         worker_module.aggregate = original
 
 
+# ----------------------------------------------------------------------------------------------- peers
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer (ByzFL) column was asked for and ByzFL's aggregators cannot be loaded."""
+
+
+_BYZFL: Any = None  # byzfl.aggregators once loaded (per process)
+
+
+def byzfl_aggregators() -> Any:
+    """ByzFL's ``byzfl.aggregators`` module (``NNM``, ``ARC``, ``TrMean``, ``Krum``, ...), loaded once.
+
+    ``import byzfl`` runs the package ``__init__``, which imports ByzFL's
+    training framework and benchmark (torchvision, matplotlib, seaborn); the
+    aggregators need only torch, numpy and scipy. So unless ``byzfl`` is
+    already imported, this puts an empty ``byzfl`` package (the installed
+    folder as its path, no ``__init__`` run) in ``sys.modules`` and imports
+    ``byzfl.aggregators`` under it. Raises :class:`PeerUnavailable`, naming the
+    install command, when ByzFL is missing or another version.
+    """
+    global _BYZFL
+    if _BYZFL is not None:
+        return _BYZFL
+    name = BYZFL_PACKAGE
+    try:
+        version = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise PeerUnavailable(f"the byzfl+... peer columns run ByzFL's aggregators, and {name} is not installed: "
+                              f"{BYZFL_INSTALL} (benchmark-only; --no-deps keeps the CPU torch: its declared "
+                              "requirements pull torchvision and a CUDA torch)") from None
+    if version != BYZFL_VERSION:
+        raise PeerUnavailable(f"the byzfl+... peer columns are pinned to {name} {BYZFL_VERSION}, found {version}: "
+                              f"{BYZFL_INSTALL}")
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)  # finds the package without running its __init__
+        if spec is None or not spec.submodule_search_locations:
+            raise PeerUnavailable(f"{name} {version} is installed but its package folder is missing: {BYZFL_INSTALL}")
+        parent = types.ModuleType(name, "ByzFL without its __init__ (bench/robustness.py loads only the aggregators)")
+        parent.__path__ = list(spec.submodule_search_locations)
+        sys.modules[name] = parent
+    _BYZFL = importlib.import_module(f"{name}.aggregators")
+    return _BYZFL
+
+
+def require_peers(rules: Iterable[str]) -> None:
+    """Fail early, naming the install command, if a peer column is asked for and ByzFL cannot be loaded."""
+    if any(rule in PEERS for rule in rules):
+        byzfl_aggregators()
+
+
+def _peer_rule(column: str) -> Callable[..., torch.Tensor]:
+    """The peer column's pipeline as an ostracon rule: ByzFL's pre-aggregators, then its aggregator.
+
+    Called by the server (and by the omniscient attacks' line search) as
+    ``rule(vectors, f=f, pivot=None)``; every ByzFL object is built with that
+    ``f``, the round's effective ``f``. The rows are copied first: ByzFL's ``ARC``
+    clips the rows of its input in place.
+    """
+    pre_names, aggregator_name = PEERS[column]
+
+    def rule(vectors: torch.Tensor, *, f: int = 0, pivot: torch.Tensor | None = None, **params: Any) -> torch.Tensor:
+        if params:
+            raise ValueError(f"{peer_rule_name(column)}: unknown parameter(s) {', '.join(map(repr, sorted(params)))}")
+        lib = byzfl_aggregators()
+        rows = vectors.detach().clone()
+        for pre_name in pre_names:
+            rows = getattr(lib, pre_name)(f=f)(rows)
+        return getattr(lib, aggregator_name)(f=f)(rows).to(vectors.dtype).clone()
+
+    rule.__name__ = rule.__qualname__ = peer_rule_name(column)
+    return rule
+
+
+@contextlib.contextmanager
+def peer_rules(rules: Iterable[str]) -> Iterator[None]:
+    """Register the peer columns among ``rules`` in ostracon's rule registry while the block runs.
+
+    Benchmark-only: the names are removed again on exit (only those this call
+    added), so the registry outside a peer run is the package's own.
+    """
+    added = []
+    for column in dict.fromkeys(rules):
+        name = peer_rule_name(column)
+        if column in PEERS and name not in RULE_REGISTRY:
+            register_rule(name)(_peer_rule(column))
+            added.append(name)
+    try:
+        yield
+    finally:
+        for name in added:
+            RULE_REGISTRY.pop(name, None)
+
+
 # ----------------------------------------------------------------------------------------------- cells
 
 
@@ -225,7 +390,8 @@ def cell_config(base: Config, attack: str, rule: str, seed: int, rounds: int | N
         params = dict(params, **({} if target is None else {"target": target}))
         if params:
             overrides["byzantine.params"] = params
-    return base.replace(**overrides)
+    with peer_rules([rule]):  # a peer column's rule name must be registered for the config to validate
+        return base.replace(**overrides)
 
 
 def run_cell(base: Config, attack: str, rule: str, seed: int, rounds: int | None = None, *,
@@ -251,7 +417,8 @@ def _run_once(base, attack, rule, seed, rounds, dataset, shared_attack, split, t
         dataset = load_config_dataset(config)
     began = time.perf_counter()
     backend = SharedAttackBackend() if shared_attack else LocalBackend()
-    result = train(config, backend=backend, progress=False, dataset=dataset)
+    with peer_rules([rule]):
+        result = train(config, backend=backend, progress=False, dataset=dataset)
     acc = result.summary["honest_test_accuracy"]
     diverged = not all(np.isfinite(theta).all() for theta in result.parameters.values())
     mean, low, high = (0.0, 0.0, 0.0) if diverged else (acc["mean"], acc["min"], acc["max"])
@@ -275,14 +442,33 @@ def summarise(runs: Sequence[dict]) -> dict:
 
 
 def _run(base: Config, attack: str, rule: str, seed: int, rounds: int | None, split: str = "all") -> dict:
-    """One run in a pool worker, which loads the dataset once per process."""
-    global _DATASET
-    if _DATASET is None:
-        _DATASET = load_config_dataset(base)
-    return run_cell(base, attack, rule, seed, rounds, dataset=_DATASET, split=split)
+    """One run in a pool worker, which loads the dataset once per process (per data source)."""
+    d = base.data
+    key = (d.source, d.path, d.samples, d.features, d.classes, base.seed if d.source == "synthetic" else None)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_config_dataset(base)
+    return run_cell(base, attack, rule, seed, rounds, dataset=_DATASETS[key], split=split)
 
 
-_DATASET = None
+_DATASETS: dict[tuple, Any] = {}
+
+
+def run_cost(base: Config, attack: str, rule: str, rounds: int | None = None) -> float:
+    """A rough relative cost of one run, to start the longest runs first (the results do not depend on it).
+
+    From 20-round timings on the 2-core machine: ``monna`` runs every honest
+    worker's rule (7 NNA calls a round) where the server runs one; the
+    ``*_optimized`` attacks evaluate the defense ~34 times a round (~68 for
+    ``sign = 0``); ``mimic_worst`` is one run per honest target.
+    """
+    monna = RULES[rule]["training.protocol"] == "monna"
+    behaviour, params = ATTACKS[attack]
+    cost = 1.5 if monna else 1.0
+    if behaviour.endswith("_optimized"):
+        cost = (11.0 if monna else 6.0) * (2 if params.get("sign") == 0 else 1)
+    if attack == "mimic_worst":
+        cost *= base.training.workers - base.byzantine.count
+    return cost * (rounds or base.training.rounds)
 
 
 def run_benchmark(base: Config, attacks: Sequence[str], rules: Sequence[str], seeds: Sequence[int],
@@ -293,40 +479,56 @@ def run_benchmark(base: Config, attacks: Sequence[str], rules: Sequence[str], se
     ``jobs > 1`` spreads the runs over that many processes; the results do not
     depend on it (every run is deterministic), only the wall time does.
     """
-    keys = [(a, r) for a in attacks for r in rules]
-    runs: dict[tuple[str, str], dict[int, dict]] = {key: {} for key in keys}
-    cells: dict[tuple[str, str], dict] = {}
+    return run_settings([(base, split)], attacks, rules, seeds, rounds, jobs=jobs, log=log)[0]
 
-    def record(run: dict) -> None:
+
+def run_settings(settings: Sequence[tuple[Config, str]], attacks: Sequence[str], rules: Sequence[str],
+                 seeds: Sequence[int], rounds: int | None = None, *, jobs: int = 1,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """:func:`run_benchmark` for several ``(base config, split)`` settings (splits, alphas) in one pool.
+
+    Returns one ``{(attack, rule): summary}`` per setting, in order. All runs of
+    all settings share the ``jobs`` processes, longest first (:func:`run_cost`),
+    so the pool does not idle at a setting's end; every run is deterministic.
+    """
+    require_peers(rules)
+    keys = [(a, r) for a in attacks for r in rules]
+    runs: list[dict[tuple[str, str], dict[int, dict]]] = [{key: {} for key in keys} for _ in settings]
+    cells: list[dict[tuple[str, str], dict]] = [{} for _ in settings]
+    total = len(keys) * len(settings)
+
+    def record(index: int, run: dict) -> None:
         key = (run["attack"], run["rule"])
-        runs[key][run["seed"]] = run
-        if len(runs[key]) < len(seeds):
+        runs[index][key][run["seed"]] = run
+        if len(runs[index][key]) < len(seeds):
             return
-        cell = cells[key] = summarise([runs[key][s] for s in seeds])
+        cell = cells[index][key] = summarise([runs[index][key][s] for s in seeds])
         if log is not None:
+            done = sum(len(c) for c in cells)
+            base, split = settings[index]
+            alpha = f" alpha {base.data.alpha:g}" if len(settings) > 1 else ""
             per_seed = " ".join(f"{a:.3f}" for a in cell["per_seed"])
-            log(f"[{len(cells)}/{len(keys)}] {split:<6} {key[0]:<19} {key[1]:<17} mean {cell['mean']:.3f} "
+            log(f"[{done}/{total}] {split:<6}{alpha} {key[0]:<19} {key[1]:<20} mean {cell['mean']:.3f} "
                 f"min {cell['min']:.3f} worst-seed min {cell['worst_min']:.3f} (per seed: {per_seed}) "
                 f"{cell['wall_s']:.1f}s" + (f", {cell['diverged']} diverged" if cell["diverged"] else ""))
 
-    tasks = [(a, r, s) for a, r in keys for s in seeds]
+    tasks = [(i, a, r, s) for i in range(len(settings)) for a, r in keys for s in seeds]
     if jobs <= 1:
-        dataset = load_config_dataset(base)
-        for attack, rule, seed in tasks:
-            record(run_cell(base, attack, rule, seed, rounds, dataset=dataset, split=split))
+        for index, attack, rule, seed in tasks:
+            record(index, _run(settings[index][0], attack, rule, seed, rounds, settings[index][1]))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        # Slowest runs first, so the pool does not end on one long run.
-        tasks.sort(key=lambda task: not ATTACKS[task[0]][0].endswith("_optimized"))
+        # Longest runs first (LPT), so the pool does not end on one long run.
+        tasks.sort(key=lambda task: -run_cost(settings[task[0]][0], task[1], task[2], rounds))
         # By its importable name, so the spawned workers can unpickle it however this script was started.
         run = importlib.import_module("bench.robustness")._run
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run, base, *task, rounds, split) for task in tasks]
+            futures = {pool.submit(run, settings[i][0], a, r, s, rounds, settings[i][1]): i for i, a, r, s in tasks}
             for future in as_completed(futures):
-                record(future.result())
-    return {key: cells[key] for key in keys}
+                record(futures[future], future.result())
+    return [{key: c[key] for key in keys} for c in cells]
 
 
 def worst_cases(cells: Mapping[tuple[str, str], dict], attacks: Sequence[str], rules: Sequence[str]) -> dict:
@@ -343,10 +545,14 @@ def worst_cases(cells: Mapping[tuple[str, str], dict], attacks: Sequence[str], r
 # ----------------------------------------------------------------------------------------------- report
 
 
-def describe_config(base: Config, seeds: Sequence[int], rounds: int | None) -> list[str]:
+def describe_config(base: Config, seeds: Sequence[int], rounds: int | None, rules: Sequence[str] = (),
+                    alphas: Sequence[float] = ()) -> list[str]:
     t, d, b = base.training, base.data, base.byzantine
+    alpha = (f"alpha = {', '.join(f'{a:g}' for a in alphas)} (one column per rule and alpha)" if len(alphas) > 1
+             else f"alpha = {d.alpha}")
+    peers = [r for r in rules if r in PEERS]
     return [
-        f"- dataset: `{d.source}` (test fraction {d.test_fraction}), partition `{d.partition}`, alpha = {d.alpha}",
+        f"- dataset: `{d.source}` (test fraction {d.test_fraction}), partition `{d.partition}`, {alpha}",
         f"- model: `{base.model.name}` {dict(base.model.params) or ''}".rstrip(),
         f"- workers n = {t.workers}, Byzantine = {b.count} (attack `none`: 0 Byzantine, all {t.workers} honest), "
         f"declared f = {t.f}",
@@ -354,9 +560,20 @@ def describe_config(base: Config, seeds: Sequence[int], rounds: int | None) -> l
         f"batch = {t.batch_size}, weight decay = {t.weight_decay}",
         f"- seeds = {', '.join(str(s) for s in seeds)}; backend `{base.backend.name}` "
         f"(deterministic = {base.deterministic}, threads = {base.threads})",
+        f"- columns: {', '.join(f'`{r}`' for r in rules)}" if rules else "",
+        *([f"- peers: ByzFL {_byzfl_version()} (`byzfl.aggregators`), on ostracon's `server` protocol: "
+           + "; ".join(f"`{r}` = {' -> '.join((*PEERS[r][0], PEERS[r][1]))}(f = the round's effective f)"
+                       for r in peers)] if peers else []),
         f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs",
     ]
+
+
+def _byzfl_version() -> str:
+    try:
+        return importlib.metadata.version(BYZFL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def format_table(cells: Mapping[tuple[str, str], dict], attacks: Sequence[str], rules: Sequence[str]) -> str:
@@ -387,14 +604,20 @@ def format_per_seed(cells: Mapping[tuple[str, str], dict], attacks: Sequence[str
 
 
 def report(base: Config, cells_by_split: Mapping[str, Mapping], attacks, rules, seeds, rounds, wall_s: float,
-           command: str, title: str = "# Robustness benchmark") -> str:
-    """The markdown report: the setting, then per data split the table, the worst cases and the per-seed values."""
+           command: str, title: str = "# Robustness benchmark", *, alphas: Sequence[float] = (),
+           columns: Sequence[str] | None = None) -> str:
+    """The markdown report: the setting, then per data split the table, the worst cases and the per-seed values.
+
+    ``columns`` are the tables' column labels (``rule @ alpha=A`` with several
+    ``alphas``; by default ``rules``).
+    """
+    columns = list(rules if columns is None else columns)
     parts = [
         title,
         "",
         f"Command: `{command}`",
         "",
-        *describe_config(base, seeds, rounds),
+        *[line for line in describe_config(base, seeds, rounds, rules, alphas) if line],
         f"- total wall time: {wall_s:.1f} s",
         "",
         "Cell: honest test accuracy after the last round, `mean / min / worst-seed min`: the mean over "
@@ -409,11 +632,11 @@ def report(base: Config, cells_by_split: Mapping[str, Mapping], attacks, rules, 
             "",
             f"### data split `{split}`: training data over {where}",
             "",
-            format_table(cells, attacks, rules),
+            format_table(cells, attacks, columns),
             "",
             "Per seed (mean over honest workers):",
             "",
-            format_per_seed(cells, attacks, rules),
+            format_per_seed(cells, attacks, columns),
         ]
     return "\n".join(parts) + "\n"
 
@@ -441,29 +664,49 @@ def _names(text: str, allowed: Iterable[str], what: str) -> list[str]:
     return names
 
 
+DEFAULTS: dict[str, Any] = {"seeds": 5, "attacks": ",".join(ATTACKS), "rules": ",".join(RULES), "split": "both"}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="robustness", description=__doc__.split("\n")[0])
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_const", const="quick", dest="preset",
+                        help=f"preset: {PRESETS['quick']['seeds']} seeds, none + the 8 hardest attacks, every "
+                             "column, split all (explicit arguments override it)")
+    preset.add_argument("--full", action="store_const", const="full", dest="preset",
+                        help=f"preset: {PRESETS['full']['seeds']} seeds, every attack, both splits, the default, "
+                             "server+nnm+cwtm and every ByzFL peer (explicit arguments override it)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base config (TOML)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1 (default 5)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 (default 5)")
     p.add_argument("--rounds", type=int, default=None, help="override training.rounds")
-    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated (default: all)")
-    p.add_argument("--rules", default=",".join(RULES), help="comma-separated (default: all)")
-    p.add_argument("--split", choices=(*SPLITS, "both"), default="both",
+    p.add_argument("--attacks", default=None, help="comma-separated (default: all)")
+    p.add_argument("--rules", default=None, help="comma-separated columns (default: all, the ByzFL peers included)")
+    p.add_argument("--split", choices=(*SPLITS, "both"), default=None,
                    help="training data over every worker (all), the honest ones only (honest), or both tables")
-    p.add_argument("--alpha", type=float, default=None, help="override data.alpha (Dirichlet heterogeneity)")
+    p.add_argument("--alpha", default=None,
+                   help="override data.alpha (Dirichlet heterogeneity); several, comma-separated (e.g. 1,0.1), "
+                        "give one column per rule and alpha, side by side")
     p.add_argument("--jobs", type=int, default=1, help="cells run in this many processes (default 1)")
     p.add_argument("--append", action="store_true", help="append the report to --out instead of replacing it")
     p.add_argument("--out", default=None,
                    help=f"also write the markdown report here (e.g. {DEFAULT_OUT.relative_to(ROOT)})")
     args = p.parse_args(argv)
+    for key, value in {**DEFAULTS, **PRESETS.get(args.preset or "", {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     if args.rounds is not None and args.rounds < 1:
         p.error("--rounds must be >= 1")
-    if args.alpha is not None and not args.alpha > 0:
-        p.error("--alpha must be > 0")
+    if args.alpha is not None:
+        try:
+            args.alpha = [float(a) for a in args.alpha.split(",") if a.strip()]
+        except ValueError:
+            p.error(f"--alpha must be numbers, comma-separated, got {args.alpha!r}")
+        if not args.alpha or not all(a > 0 for a in args.alpha) or len(set(args.alpha)) < len(args.alpha):
+            p.error("--alpha must be distinct numbers > 0")
     args.attacks = _names(args.attacks, ATTACKS, "attack(s)")
     args.rules = _names(args.rules, RULES, "rule(s)")
     return args
@@ -472,21 +715,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python bench/robustness.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    try:
+        require_peers(args.rules)
+    except PeerUnavailable as exc:
+        ours = ",".join(r for r in args.rules if r not in PEERS)
+        raise SystemExit(f"robustness: {exc}" + (f"; or leave the peers out: --rules {ours}" if ours else "")) from None
     base = load(args.config)
-    if args.alpha is not None:
-        base = base.replace(**{"data.alpha": args.alpha})
+    alphas: list[float] = args.alpha or []
+    bases = [base.replace(**{"data.alpha": a}) for a in alphas] or [base]
     seeds = list(range(args.seeds))
     splits = list(SPLITS) if args.split == "both" else [args.split]
+    settings = [(b, split) for split in splits for b in bases]
     began = time.perf_counter()
-    cells_by_split = {
-        split: run_benchmark(base, args.attacks, args.rules, seeds, args.rounds, jobs=args.jobs, split=split,
-                             log=lambda line: print(line, file=sys.stderr, flush=True))
-        for split in splits
-    }
+    results = run_settings(settings, args.attacks, args.rules, seeds, args.rounds, jobs=args.jobs,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
     wall_s = time.perf_counter() - began
+    columns = [f"{r} @ alpha={b.data.alpha:g}" for r in args.rules for b in bases] if len(bases) > 1 else args.rules
+    cells_by_split: dict[str, dict] = {split: {} for split in splits}
+    for (b, split), cells in zip(settings, results, strict=True):
+        for (attack, rule), cell in cells.items():
+            column = f"{rule} @ alpha={b.data.alpha:g}" if len(bases) > 1 else rule
+            cells_by_split[split][(attack, column)] = cell
     title = "## Robustness benchmark: additional run" if args.append else "# Robustness benchmark"
     attacks = [a for a in ATTACKS if a in args.attacks]  # run in the order given, report in the usual order
-    text = report(base, cells_by_split, attacks, args.rules, seeds, args.rounds, wall_s, command.strip(), title)
+    text = report(bases[0], cells_by_split, attacks, args.rules, seeds, args.rounds, wall_s, command.strip(), title,
+                  alphas=alphas, columns=columns)
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

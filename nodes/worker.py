@@ -510,12 +510,17 @@ class Worker:
         spec = self.spec
         if spec.protocol == "monna":
             # Decentralised: each honest worker mixes around its own vector; hurt them on average.
+            # A diverged honest node keeps its non-finite model instead of mixing (`receive`): no pivot.
+            pivots = [p for p in honest if bool(torch.isfinite(p).all())]
+
             def defense(vectors: torch.Tensor) -> torch.Tensor:
                 # Like `receive`: a round with absent workers is smaller, so cap f at what the rule accepts.
                 f = tolerated_f(spec.rule, spec.pre, vectors.shape[0], budget)
+                if not pivots:  # every honest node diverged: nothing left to hurt
+                    return vectors.mean(0)
                 outs = [
                     aggregate(vectors, spec.rule, f=f, pivot=p, pre=spec.pre, **dict(spec.rule_params))
-                    for p in honest
+                    for p in pivots
                 ]
                 return torch.stack(outs).mean(0)
         else:

@@ -110,3 +110,84 @@ def test_attack_rows_configure_their_variants(bench, base):
     mimic = bench.cell_config(base, "mimic_worst", "monna", seed=0, target=4)
     assert mimic.byzantine.behaviour == "mimic" and dict(mimic.byzantine.params) == {"target": 4}
     assert bench.cell_config(base, "mimic_variant", "monna", seed=0).byzantine.behaviour == "mimic_variant"
+
+
+# ----------------------------------------------------------------------------------------------- peers and presets
+
+BYZFL_INSTALLED = importlib.util.find_spec("byzfl") is not None
+
+
+def test_presets_fill_what_is_not_given(bench):
+    quick = bench.parse_args(["--quick"])
+    assert quick.seeds == 3 and quick.split == "all"
+    assert quick.attacks == ["none", *bench.QUICK_ATTACKS] and len(bench.QUICK_ATTACKS) == 8
+    assert quick.rules == list(bench.RULES) and set(bench.PEERS) <= set(quick.rules)
+    full = bench.parse_args(["--full", "--jobs", "2"])
+    assert full.seeds == 5 and full.split == "both" and full.attacks == list(bench.ATTACKS)
+    assert full.rules[0] == bench.DEFAULT_RULE and set(bench.PEERS) <= set(full.rules)
+    mine = bench.parse_args(["--quick", "--seeds", "1", "--rules", "monna+nnm", "--alpha", "1,0.1"])
+    assert (mine.seeds, mine.rules, mine.attacks, mine.alpha) == (1, ["monna+nnm"], quick.attacks, [1.0, 0.1])
+    plain = bench.parse_args([])
+    assert (plain.seeds, plain.split, plain.alpha) == (5, "both", None) and plain.rules == list(bench.RULES)
+    for bad in (["--quick", "--full"], ["--alpha", "0"], ["--alpha", "1,x"], ["--alpha", "1,1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+def test_peer_columns_run_on_the_server_and_register_only_while_running(bench, base):
+    from ostracon.aggregator import RULES
+
+    for column, (pre, aggregator) in bench.PEERS.items():
+        assert bench.RULES[column] == {"training.protocol": "server", "training.rule": bench.peer_rule_name(column),
+                                       "training.pre": []}
+        assert pre[-1] == "NNM" and aggregator in ("TrMean", "Krum")
+    names = {bench.peer_rule_name(c) for c in bench.PEERS}
+    assert not names & set(RULES)  # the package's registry has no benchmark rule ...
+    with bench.peer_rules(["monna", *bench.PEERS]):
+        assert names <= set(RULES)  # ... the benchmark adds its own only while a peer run needs them
+        with bench.peer_rules(bench.PEERS):
+            pass  # nested: the inner block added nothing, so it removes nothing
+        assert names <= set(RULES)
+    assert not names & set(RULES)
+
+
+def test_peer_columns_without_byzfl_fail_early_and_clearly(bench, base, monkeypatch):
+    monkeypatch.setattr(bench, "BYZFL_PACKAGE", "byzfl_missing_for_this_test")
+    monkeypatch.setattr(bench, "_BYZFL", None)
+    with pytest.raises(bench.PeerUnavailable, match=r"byzfl_missing_for_this_test is not installed: "
+                                                 r"pip install --no-deps byzfl==0\.0\.11"):
+        bench.run_benchmark(base, ["none"], ["server+mean", "byzfl+nnm+trmean"], seeds=[0], rounds=1)
+    with pytest.raises(SystemExit, match="robustness: the byzfl"):
+        bench.main(["--seeds", "1", "--rounds", "1", "--attacks", "none", "--rules", "byzfl+nnm+krum"])
+    bench.require_peers(["monna+nnm", "server+nnm+cwtm"])  # ostracon's own columns never need ByzFL
+
+
+def test_several_alphas_are_columns_side_by_side(bench, capsys):
+    assert bench.main(["--seeds", "1", "--rounds", "2", "--attacks", "none", "--rules", "server+mean",
+                       "--split", "all", "--alpha", "1,0.1"]) == 0
+    text = capsys.readouterr().out
+    assert "| attack | server+mean @ alpha=1 | server+mean @ alpha=0.1 |" in text
+    assert "alpha = 1, 0.1 (one column per rule and alpha)" in text
+    assert "Command: `python bench/robustness.py --seeds 1 --rounds 2" in text
+
+
+@pytest.mark.skipif(not BYZFL_INSTALLED, reason="ByzFL is a benchmark-only dependency (pip install --no-deps byzfl)")
+def test_peer_cell_gets_the_rounds_effective_f(bench, base, monkeypatch):
+    seen = []
+    make = bench._peer_rule
+
+    def spy(column):
+        rule = make(column)
+
+        def counted(vectors, *, f=0, pivot=None, **params):
+            seen.append((vectors.shape[0], f))
+            return rule(vectors, f=f, pivot=pivot, **params)
+        return counted
+
+    monkeypatch.setattr(bench, "_peer_rule", spy)
+    for attack, rows, f in (("alie", 10, 3), ("crash", 7, 0)):  # 3 silent workers spend the whole budget
+        seen.clear()
+        run = bench.run_cell(base, attack, "byzfl+arc+nnm+krum", seed=0, rounds=3)
+        assert 0.0 <= run["mean"] <= 1.0 and not run["diverged"]
+        assert set(seen[1:]) == {(rows, f)}  # seen[0]: the config's validation call on dummy vectors
+    assert "byzfl" in sys.modules and "byzfl.fed_framework" not in sys.modules  # the aggregators only
