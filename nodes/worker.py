@@ -16,10 +16,11 @@ The ``server`` protocol sends ``m_j`` instead and receives the new parameters.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -32,7 +33,7 @@ from ostracon.aggregator.attacks import mimic_direction, mimic_target
 
 from . import approximate
 from .messages import Assign, Message, Mix
-from .models import build_model, flat_parameters, load_flat_parameters
+from .models import build_model, flat_parameters, load_buffers, load_flat_parameters, model_buffers, model_digest
 from .seeding import derive_seed, generator
 from .shard_store import ShardStore
 
@@ -48,6 +49,39 @@ STATEFUL_ATTACKS = ("mimic_variant",)
 # Rules that bound the mixing step by the node's local step: they get the pre-step model as `anchor`.
 ANCHORED_RULES = frozenset({"bounded_nna"})
 MIMIC_WARMUP = 20  # mimic_variant's default warm-up rounds (10% of the benchmark's 200), then a fixed target
+# A model buffer's key in a worker's state (``buffer.bn.running_mean``): kept in its own dtype, never mixed.
+BUFFER_PREFIX = "buffer."
+
+# A model's weights as evaluation, digests and serving see them: its flat float32 parameters alone (a model
+# without buffers: every built-in), or a mapping with ``"theta"`` and its ``buffer.*`` entries (see
+# :func:`model_weights`). Only parameters are exchanged and mixed; buffers stay with the worker that ran them.
+Weights = np.ndarray | Mapping[str, np.ndarray]
+
+
+def model_weights(state: Mapping[str, np.ndarray]) -> Weights:
+    """The weights in a worker state (``get_state``, a checkpoint): ``state["theta"]`` itself when the model
+    has no buffers (so built-in models travel exactly as before), else ``theta`` and the ``buffer.*`` entries."""
+    buffers = {k: v for k, v in state.items() if k.startswith(BUFFER_PREFIX)}
+    return {"theta": state["theta"], **buffers} if buffers else state["theta"]
+
+
+def theta_of(weights: Weights) -> np.ndarray:
+    """The flat parameters of ``weights`` (any array-like without buffers is taken as the parameters)."""
+    return np.asarray(weights["theta"] if isinstance(weights, Mapping) else weights)
+
+
+def buffers_of(weights: Weights) -> dict[str, np.ndarray]:
+    """The buffers of ``weights`` by buffer name (``{}`` for a bare parameter vector)."""
+    if not isinstance(weights, Mapping):
+        return {}
+    return {k[len(BUFFER_PREFIX):]: np.asarray(v) for k, v in weights.items() if k.startswith(BUFFER_PREFIX)}
+
+
+def weights_digest(weights: Weights) -> str:
+    """sha256 of a model's weights: ``parameter_digest(theta)`` without buffers (every digest recorded before
+    buffers existed stays valid), else parameters then buffers (``models.model_digest``)."""
+    theta = torch.from_numpy(np.array(theta_of(weights), dtype=np.float32))
+    return model_digest(theta, buffers_of(weights))
 
 
 @dataclass(frozen=True)
@@ -161,7 +195,7 @@ class Worker:
         self.spec = spec
         self.store = store
         self.device = torch.device(spec.device)
-        self.model = spec_model(spec).to(self.device)
+        self.model = spec_model(spec).to(self.device).train()  # buffers (if any) live in the model
         self.theta = flat_parameters(self.model).to(self.device)
         self.momentum = torch.zeros_like(self.theta)
         self.half = self.theta.clone()
@@ -179,8 +213,10 @@ class Worker:
 
     # ----- state ---------------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:
-        """Parameters and momentum as float32 arrays (what a checkpoint holds for this worker)."""
+        """Parameters and momentum as float32 arrays, and the model's buffers (``buffer.<name>``, each in its
+        own dtype): what a checkpoint holds for this worker."""
         state = {"theta": _to_numpy(self.theta), "momentum": _to_numpy(self.momentum)}
+        state.update({BUFFER_PREFIX + name: b for name, b in model_buffers(self.model).items()})
         if self.mimic_direction is not None:  # an attacker's warm-up state shapes every later round
             state["mimic_direction"] = _to_numpy(self.mimic_direction)
             state["mimic_target"] = np.array([self.mimic_target], dtype=np.float32)
@@ -194,6 +230,11 @@ class Worker:
                 f"worker {self.spec.index}: state has shape {tuple(theta.shape)}/{tuple(momentum.shape)}, "
                 f"model needs ({self.theta.numel()},)"
             )
+        buffers = {k[len(BUFFER_PREFIX):]: v for k, v in state.items() if k.startswith(BUFFER_PREFIX)}
+        try:
+            load_buffers(self.model, buffers)
+        except ValueError as exc:
+            raise ValueError(f"worker {self.spec.index}: state {exc}") from None
         self.theta, self.momentum = theta, momentum
         self.half = theta.clone()
         if "mimic_direction" in state:
@@ -204,6 +245,12 @@ class Worker:
 
     def parameters(self) -> np.ndarray:
         return _to_numpy(self.theta)
+
+    def weights(self) -> Weights:
+        """This worker's model as evaluated, digested and served: its parameters, with its buffers if it has
+        any (see :data:`Weights`)."""
+        return model_weights({"theta": self.parameters(),
+                              **{BUFFER_PREFIX + n: b for n, b in model_buffers(self.model).items()}})
 
     # ----- data ----------------------------------------------------------------------------------
     def delete(self, ids: Sequence[str]) -> list[str]:
@@ -290,7 +337,8 @@ class Worker:
         self.last_status = SENT
         g = generator(self.spec.seed, self.spec.index, stage, step)
         idx = torch.randint(0, x.shape[0], (self.spec.batch_size,), generator=g).to(self.device)
-        grad = self._gradient(x[idx], y[idx])
+        with self._forward_rng(stage, step):
+            grad = self._gradient(x[idx], y[idx])
         beta = self.spec.momentum
         self.momentum = beta * self.momentum + (1.0 - beta) * grad
         self.half = self.theta - learning_rate(self.spec, t) * self.momentum
@@ -298,6 +346,33 @@ class Worker:
         if behaviour == "straggler":
             time.sleep(float(self.spec.behaviour_params.get("delay_s", 1.0)))
         return _to_numpy(out)
+
+    @contextlib.contextmanager
+    def _forward_rng(self, *parts: object) -> Iterator[None]:
+        """A training forward pass draws from the global generator seeded by ``(seed, node, *parts)`` (a user
+        model's dropout, say), forked so the caller's RNG state comes back: replays draw the same masks."""
+        seed = derive_seed(self.spec.seed, self.spec.index, "forward", *parts)
+        if self.device.type != "cuda":
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)  # not torch.manual_seed: ~100x slower per step
+                yield
+            return
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index]), torch.cuda.device(index):
+            torch.default_generator.manual_seed(seed)
+            torch.cuda.manual_seed(seed)  # the current device's generator
+            yield
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """The model in ``eval()`` mode: norm layers use their running statistics and leave them unchanged,
+        dropout is off. For every forward pass that is not a training step (forget terms, saliency,
+        importance, reference outputs): forget rows never reach a buffer."""
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train()
 
     def _gradient(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         load_flat_parameters(self.model, self.theta)
@@ -323,7 +398,7 @@ class Worker:
         state = _Unlearning(method, params, str(job["key"]), x[forget], y[forget], x[~forget], y[~forget], frozen,
                             self.momentum)
         if method.reference and state.forget_x.shape[0]:
-            with torch.no_grad():
+            with torch.no_grad(), self._evaluating():
                 load_flat_parameters(self.model, self.theta)
                 logits = self.model(state.forget_x)
                 state.reference_logp = F.log_softmax(logits, 1).gather(1, state.forget_y[:, None]).squeeze(1)
@@ -420,7 +495,8 @@ class Worker:
         if p.retain_weight and job.retain_x.shape[0]:
             g = generator(self.spec.seed, self.spec.index, "unlearn", job.key, "batch", step)
             idx = torch.randint(0, job.retain_x.shape[0], (p.batch_size,), generator=g).to(self.device)
-            direction += p.retain_weight * self._gradient(job.retain_x[idx], job.retain_y[idx])
+            with self._forward_rng("unlearn", job.key, step):
+                direction += p.retain_weight * self._gradient(job.retain_x[idx], job.retain_y[idx])
             job.rows += p.batch_size
             active = True
         if job.shared is not None:
@@ -460,10 +536,12 @@ class Worker:
     def _loss_gradient(
         self, x: torch.Tensor, loss_of_logits: Callable[[torch.Tensor], torch.Tensor | None]
     ) -> torch.Tensor | None:
-        """The gradient of ``loss_of_logits(model(x))`` at ``theta`` (``None`` where the loss is ``None``)."""
+        """The gradient of ``loss_of_logits(model(x))`` at ``theta`` (``None`` where the loss is ``None``), in
+        ``eval()`` mode (``_evaluating``)."""
         load_flat_parameters(self.model, self.theta)
         self.model.zero_grad(set_to_none=True)
-        loss = loss_of_logits(self.model(x))
+        with self._evaluating():
+            loss = loss_of_logits(self.model(x))
         if loss is None:
             return None
         torch.autograd.backward(loss)  # what loss.backward() calls (that method is unannotated)
@@ -549,15 +627,18 @@ class _Unlearning:
     rows: int = 0  # gradient evaluations spent
 
 
-def evaluate(spec: WorkerSpec, theta: np.ndarray, features: np.ndarray, labels: np.ndarray,
+def evaluate(spec: WorkerSpec, theta: Weights, features: np.ndarray, labels: np.ndarray,
              batch_size: int = 4096) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of parameters ``theta`` on ``(features, labels)``."""
+    """Accuracy and mean cross-entropy of the model with weights ``theta`` on ``(features, labels)``."""
     return evaluate_model(probabilities_model(spec, theta), features, labels, batch_size)
 
 
-def probabilities_model(spec: WorkerSpec, theta: np.ndarray) -> torch.nn.Module:
+def probabilities_model(spec: WorkerSpec, theta: Weights) -> torch.nn.Module:
+    """The model with weights ``theta`` (parameters, and buffers when it has them) in ``eval()`` mode: norm
+    layers use the running statistics of the worker the weights came from."""
     model = spec_model(spec)
-    load_flat_parameters(model, _to_tensor(theta, torch.device("cpu")))
+    load_flat_parameters(model, _to_tensor(theta_of(theta), torch.device("cpu")))
+    load_buffers(model, buffers_of(theta))
     model.eval()
     return model
 

@@ -37,8 +37,11 @@ DOCS: dict[str, str] = {
                   "the papers' benchmark setting",
     "data.shape": "parquet: each row's `features` reshaped to this, e.g. `[3, 32, 32]` (`[]`: a flat vector)",
     # ----- [model]
-    "model.name": "`logreg`, `mlp`, `cnn`, `resnet18` (GroupNorm: BatchNorm statistics do not average across workers)",
-    "model.params": "e.g. `{ hidden = 64, layers = 1 }` for `mlp`",
+    "model.name": "a built-in, `logreg`, `mlp`, `cnn`, `resnet18` (GroupNorm), or your own "
+                  "`\"package.module:function\"`: called as "
+                  "`function(input_shape=..., num_classes=..., **model.params)`, it returns a `torch.nn.Module`; "
+                  "imported by the driver and on every worker (see [Bring your own model](#bring-your-own-model))",
+    "model.params": "keyword arguments of the builder, e.g. `{ hidden = 64, layers = 1 }` for `mlp`",
     # ----- [training]
     "training.protocol": "`monna` (decentralised: every worker mixes the half-models it received around its own) or "
                          "`server` (parameter server aggregates the workers' momenta)",

@@ -312,7 +312,7 @@ def validate(config: Config) -> None:
     """Semantic checks that need no I/O beyond a file's existence; each error names its key."""
     from ostracon.aggregator import ATTACKS, PRE_AGGREGATIONS, RULES
     from ostracon.nodes.data import SOURCES
-    from ostracon.nodes.models import MODELS
+    from ostracon.nodes.models import MODELS, is_import_path, resolve
     from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS
 
     d, m, t, b, u, be = (config.data, config.model, config.training, config.byzantine,
@@ -335,7 +335,13 @@ def validate(config: Config) -> None:
     _positive("data.alpha", d.alpha)
     for key in ("classes_per_worker", "samples", "features", "classes"):
         _positive(f"data.{key}", getattr(d, key))
-    _choice("model.name", m.name, MODELS)
+    if is_import_path(m.name):
+        try:
+            resolve(m.name)  # imported now: a path that does not import stops here, before anything is written
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    else:
+        _choice("model.name", m.name, (*MODELS, "'package.module:function'"))
     _choice("training.protocol", t.protocol, PROTOCOLS)
     _choice("training.rule", t.rule, RULES)
     for entry in t.pre:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ostracon.nodes.worker import Worker, WorkerSpec
+from ostracon.nodes.worker import Weights, Worker, WorkerSpec
 
 from .. import faults
 from ..config import load
@@ -138,7 +138,7 @@ class Deployment:
         self._error: BaseException | None = None
         self._live: LiveWorkers | None = None
         # (version, specs, thetas, vote) of the served model: swapped whole, read by API threads
-        self._model: tuple[int, list[WorkerSpec], list[np.ndarray], str] | None = None
+        self._model: tuple[int, list[WorkerSpec], list[Weights], str] | None = None
         self._workers: tuple[WorkerStatus, ...] = ()
         self._incarnations: dict[int, str] = {}
         self._plan: RunPlan | None = None

@@ -12,16 +12,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ostracon.nodes.worker import WorkerSpec, probabilities_model
+from ostracon.nodes.worker import Weights, WorkerSpec, probabilities_model
 
 
-def predict(specs: Sequence[WorkerSpec], thetas: Sequence[np.ndarray], features: np.ndarray,
+def predict(specs: Sequence[WorkerSpec], thetas: Sequence[Weights], features: np.ndarray,
             vote: str = "majority", batch_size: int = 4096) -> np.ndarray:
     """Class predictions of the ensemble of ``thetas`` (one per group) on ``features``."""
     return predict_with_probabilities(specs, thetas, features, vote, batch_size)[0]
 
 
-def predict_with_probabilities(specs: Sequence[WorkerSpec], thetas: Sequence[np.ndarray], features: np.ndarray,
+def predict_with_probabilities(specs: Sequence[WorkerSpec], thetas: Sequence[Weights], features: np.ndarray,
                                vote: str = "majority", batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """``(labels int64 (n,), probabilities float32 (n, C))``: labels by ``vote``, probabilities the
     mean softmax over the group models (what ``mean_proba`` votes on)."""

@@ -242,9 +242,6 @@ class Session:
         for g in sorted({self.plan.specs[j].group for j in states}):
             self.protocol.restore(g, states)
 
-    def honest_parameters(self, groups: Sequence[int]) -> dict[int, np.ndarray]:
-        return self.backend.call([j for g in groups for j in self.plan.honest(g)], Worker.parameters)
-
     def checkpoint(self, store: CheckpointStore, states: Mapping[int, WorkerState], groups: Sequence[int],
                    stage: int, suffix: str = "") -> dict[int, CheckpointInfo]:
         """Checkpoint every group of ``groups`` at the end of ``stage`` from its workers' ``states`` (as

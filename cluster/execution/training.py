@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
-import torch
 
 from ostracon.nodes.data import Dataset
 from ostracon.nodes.durable import file_sha256
-from ostracon.nodes.models import parameter_digest
 from ostracon.nodes.seeding import set_deterministic
-from ostracon.nodes.worker import evaluate
+from ostracon.nodes.worker import Weights, Worker, evaluate, theta_of, weights_digest
 
 from .. import faults
 from ..config import Config
@@ -144,8 +142,9 @@ def _train(config: Config, outdir: str | None, backend: Backend | None, progress
         leftover = session.take_failures()
         if leftover and metrics:  # failures after the last evaluation (a redone last stage) still count
             metrics[-1]["failures"].extend(leftover)
-        params = session.honest_parameters(groups)
-        summary = make_summary(plan, session, params, metrics, elapsed(began))
+        weights = honest_weights(plan, session, groups)
+        params = {j: theta_of(w) for j, w in weights.items()}
+        summary = make_summary(plan, session, weights, metrics, elapsed(began))
         summary["schedule_events"] = session.schedule.event_count()
         # Rounds (per group) in which silent workers spent part of the fault budget.
         summary["budget_rounds"] = sum(len(rounds) for rounds in session.schedule.budgets.values())
@@ -186,10 +185,16 @@ def store_hashes(plan: RunPlan) -> dict[int, str]:
     return {j: file_sha256(os.path.join(d.store_path, "rows.npz")) for j, d in plan.data.items() if d.store_path}
 
 
-def model_digests(plan: RunPlan, thetas: Mapping[int, np.ndarray]) -> tuple[dict[str, str], dict[str, str]]:
-    """(worker digests, group digests) of a model version: every honest worker's parameter digest, and each
-    group's served worker's (the one place digests are computed)."""
-    workers = {str(j): parameter_digest(as_tensor(theta)) for j, theta in sorted(thetas.items())}
+def honest_weights(plan: RunPlan, session: Session, groups: list[int] | range) -> dict[int, Weights]:
+    """Every honest worker's weights now: its parameters, with its buffers when its model has any."""
+    return session.backend.call([j for g in groups for j in plan.honest(g)], Worker.weights)
+
+
+def model_digests(plan: RunPlan, thetas: Mapping[int, Weights]) -> tuple[dict[str, str], dict[str, str]]:
+    """(worker digests, group digests) of a model version: every honest worker's weights digest (its
+    parameter digest when the model has no buffers), and each group's served worker's (the one place digests
+    are computed)."""
+    workers = {str(j): weights_digest(theta) for j, theta in sorted(thetas.items())}
     return workers, {str(g): workers[str(served_worker(plan, g))] for g in plan.groups}
 
 
@@ -206,7 +211,7 @@ def _sha256_json(obj: object) -> str:
 
 def evaluation_record(plan: RunPlan, session: Session, round_: int, began: float) -> dict:
     session.flush(plan.groups)
-    params = session.honest_parameters(plan.groups)
+    params = honest_weights(plan, session, plan.groups)
     acc, loss = {}, {}
     for j, theta in sorted(params.items()):
         acc[j], loss[j] = evaluate(plan.specs[j], theta, plan.test_features, plan.test_labels)
@@ -220,7 +225,7 @@ def evaluation_record(plan: RunPlan, session: Session, round_: int, began: float
     }
 
 
-def make_summary(plan: RunPlan, session: Session, params: dict[int, np.ndarray], metrics: list[dict],
+def make_summary(plan: RunPlan, session: Session, params: Mapping[int, Weights], metrics: list[dict],
                  wall_s: float) -> dict:
     config = plan.config
     acc = metrics[-1]["accuracy"]  # the last round is always evaluated, on these same parameters
@@ -247,10 +252,6 @@ def make_summary(plan: RunPlan, session: Session, params: dict[int, np.ndarray],
         "test_samples": int(len(plan.test_labels)),
         "data_digest": ids_digest(i for d in plan.data.values() for i in d.ids),
     }
-
-
-def as_tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(array, dtype=np.float32))
 
 
 def stats(values: list[float]) -> dict[str, float | None]:

@@ -2,8 +2,9 @@
 
 A checkpoint holds, for every stateful worker (trainers, and attackers that keep
 state across rounds) of one group at the end of one
-stage, its whole state (parameters, momentum and any per-worker rule state;
-every random draw is re-derived from ``(seed, node, stage, step)``), plus the
+stage, its whole state (parameters, momentum, the model's buffers if it has any,
+and any per-worker rule state; every random draw is re-derived from
+``(seed, node, stage, step)``), plus the
 digest of the ids the stage trained on. Its sha256 is recorded in the ledger
 and checked before every use. Files are written atomically (temp + fsync +
 rename) and loaded with ``torch.load(weights_only=True)``.
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from ostracon.nodes.durable import file_sha256, fsync_dir, write_atomic
+from ostracon.nodes.worker import BUFFER_PREFIX
 
 from ..errors import OstraconError
 from ..vocabulary import DeletionMode
@@ -27,7 +29,8 @@ FORMAT = 2
 APPROXIMATE_FORMAT = 1
 RNG_DERIVATION = "batch indices: torch.Generator seeded by sha256(seed:node:stage:step)"
 
-# A worker's whole state: parameters, momentum and any per-worker rule state, as float32 arrays.
+# A worker's whole state: parameters, momentum and any per-worker rule state as float32 arrays, and the
+# model's buffers (``buffer.<name>``) in their own dtype (``num_batches_tracked`` is int64).
 WorkerState = Mapping[str, np.ndarray]
 
 __all__ = ["CheckpointError", "CheckpointStore", "WorkerState", "file_sha256", "write_torch"]
@@ -43,8 +46,10 @@ def write_torch(path: str, payload: Mapping[str, object]) -> None:
 
 
 def _tensors(states: Mapping[int, WorkerState]) -> dict[str, dict[str, torch.Tensor]]:
-    # Every key of a worker's state (parameters, momentum, any rule state): all of it shapes later rounds.
-    return {str(j): {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in sorted(state.items())}
+    # Every key of a worker's state (parameters, momentum, buffers, any rule state): all of it shapes later
+    # rounds. Buffers keep their dtype; the rest is float32, as in every checkpoint written before buffers.
+    return {str(j): {k: torch.from_numpy(np.array(v) if k.startswith(BUFFER_PREFIX) else np.array(v, dtype=np.float32))
+                     for k, v in sorted(state.items())}
             for j, state in states.items()}
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ostracon.nodes.approximate import get_method, saliency_mask
-from ostracon.nodes.worker import Worker
+from ostracon.nodes.worker import Worker, model_weights
 
 from .. import faults
 from ..execution.backend import Backend
@@ -182,9 +182,9 @@ def carry_out(st: TrainedState, request: Request, method: str, params: MethodPar
     owned = live is None
     workers = live or start_workers(st, sorted(by_group), backend)
     try:
-        before_thetas = {j: s["theta"] for g in by_group for j, s in published_states(st, record, g).items()}
+        before_thetas = {j: model_weights(s) for g in by_group for j, s in published_states(st, record, g).items()}
         result = update_groups(st, by_group, method, params, workers, f"request-{request.id}", hooks)
-        after_thetas = {j: result.states[j]["theta"] for j in result.states}
+        after_thetas = {j: model_weights(result.states[j]) for j in result.states}
         checks, metrics_before, metrics_after = {}, {}, {}
         for g, ids in sorted(by_group.items()):
             data = group_data(st, g, ids)

@@ -34,7 +34,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
-from ostracon.nodes.worker import WorkerSpec, probabilities_model
+from ostracon.nodes.worker import Weights, WorkerSpec, probabilities_model, theta_of
 
 from ..vocabulary import DeletionMode
 
@@ -55,7 +55,7 @@ Split: TypeAlias = tuple[np.ndarray, np.ndarray]  # (features (n, *input_shape),
 # --------------------------------------------------------------------- model outputs
 
 
-def probabilities(spec: WorkerSpec, theta: np.ndarray, features: np.ndarray,
+def probabilities(spec: WorkerSpec, theta: Weights, features: np.ndarray,
                   batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Softmax outputs ``p[i, c] = exp(z_ic) / sum_k exp(z_ik)`` of the model ``(spec, theta)``; ``(n, C)`` float64.
 
@@ -153,7 +153,7 @@ def mia_efficacy(conf_retain: np.ndarray, conf_test: np.ndarray, conf_forget: np
 # --------------------------------------------------------------------- one model's metrics
 
 
-def unlearning_metrics(spec: WorkerSpec, theta: np.ndarray, forget: Split, retain: Split, test: Split, *,
+def unlearning_metrics(spec: WorkerSpec, theta: Weights, forget: Split, retain: Split, test: Split, *,
                        seed: int = 0, max_retain: int = 5000, max_per_class: int = 2000,
                        batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """``UA``, ``RA``, ``TA``, ``MIA`` and mean confidences of one model (Jia et al. 2023, SalUn, Sec. 5).
@@ -171,7 +171,7 @@ def unlearning_metrics(spec: WorkerSpec, theta: np.ndarray, forget: Split, retai
     ``numpy.random.default_rng(seed)`` when it is larger. Non-finite models: see the module docstring."""
     model = probabilities_model(spec, theta)
     outputs = _evaluate(model, spec.num_classes, forget, retain, test, seed, max_retain, batch_size)
-    return _metrics(*outputs, finite_theta=bool(np.isfinite(np.asarray(theta)).all()), seed=seed,
+    return _metrics(*outputs, finite_theta=bool(np.isfinite(theta_of(theta)).all()), seed=seed,
                     max_per_class=max_per_class)
 
 
@@ -251,7 +251,7 @@ def kl_divergence(p_ref: np.ndarray, p: np.ndarray) -> float:
     return float(np.maximum(rows, 0.0).mean())
 
 
-def compare_to_exact(spec: WorkerSpec, theta_approx: np.ndarray, theta_exact: np.ndarray, forget: Split,
+def compare_to_exact(spec: WorkerSpec, theta_approx: Weights, theta_exact: Weights, forget: Split,
                      retain: Split, test: Split, *, seed: int = 0, max_retain: int = 5000,
                      max_per_class: int = 2000, batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """An approximately unlearned model against the exactly unlearned one (retrained without ``forget``).
@@ -265,7 +265,7 @@ def compare_to_exact(spec: WorkerSpec, theta_approx: np.ndarray, theta_exact: np
     for name, theta in (("approx", theta_approx), (DeletionMode.EXACT.value, theta_exact)):
         model = probabilities_model(spec, theta)
         outputs = _evaluate(model, spec.num_classes, forget, retain, test, seed, max_retain, batch_size)
-        results[name] = _metrics(*outputs, finite_theta=bool(np.isfinite(np.asarray(theta)).all()), seed=seed,
+        results[name] = _metrics(*outputs, finite_theta=bool(np.isfinite(theta_of(theta)).all()), seed=seed,
                                  max_per_class=max_per_class)
         probs[name] = outputs
     g = gaps(results["approx"], results["exact"])

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ostracon.nodes.worker import Worker, evaluate
+from ostracon.nodes.worker import Weights, Worker, evaluate
 
 from .. import faults
 from ..execution.backend import Backend, make_backend
@@ -317,7 +317,7 @@ def abandon_request(st: TrainedState, request_id: int, live: LiveWorkers | None 
     return sync_stores(st, None if live is None else live.backend, tolerate_dead_workers=True)
 
 
-def evaluate_version(st: TrainedState, thetas: Mapping[int, np.ndarray]) -> dict[str, Any]:
+def evaluate_version(st: TrainedState, thetas: Mapping[int, Weights]) -> dict[str, Any]:
     plan = st.plan
     if len(plan.test_labels) == 0:
         return {"honest_test_accuracy": None, "ensemble_test_accuracy": None}

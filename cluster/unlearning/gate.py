@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ostracon.nodes.worker import Weights
 
 from ..config import GateConfig
 from .evaluation import unlearning_metrics
@@ -49,9 +51,9 @@ def group_data(st: TrainedState, group: int, forget_ids: Collection[str]) -> Gro
                      (st.plan.test_features, st.plan.test_labels))
 
 
-def group_metrics(st: TrainedState, group: int, thetas: dict[int, np.ndarray],
+def group_metrics(st: TrainedState, group: int, thetas: Mapping[int, Weights],
                   data: GroupData) -> dict[int, dict[str, Any]]:
-    """UA/RA/TA/MIA of every honest model of ``group`` (``thetas``: worker -> parameters)."""
+    """UA/RA/TA/MIA of every honest model of ``group`` (``thetas``: worker -> weights)."""
     return {j: unlearning_metrics(st.plan.specs[j], thetas[j], data.forget, data.retain, data.test,
                                   seed=st.config.seed)
             for j in st.plan.honest(group)}

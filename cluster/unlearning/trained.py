@@ -18,7 +18,7 @@ from ostracon.nodes.data import Dataset
 from ostracon.nodes.durable import file_sha256
 from ostracon.nodes.seeding import set_deterministic
 from ostracon.nodes.shard_store import CorruptStoreError, ShardStore
-from ostracon.nodes.worker import Worker
+from ostracon.nodes.worker import Weights, Worker, model_weights
 
 from .. import faults
 from ..config import Config, load
@@ -142,17 +142,18 @@ def published_states(st: TrainedState, record: VersionRecord, group: int) -> dic
     return st.checkpoints.states(group, last, record.checkpoint(group, last))
 
 
-def final_thetas(st: TrainedState, record: VersionRecord) -> dict[int, np.ndarray]:
-    """Every honest worker's published parameters in the version ``record`` describes."""
+def final_thetas(st: TrainedState, record: VersionRecord) -> dict[int, Weights]:
+    """Every honest worker's published weights in the version ``record`` describes (its parameters, with its
+    buffers when the model has any: ``nodes.worker.model_weights``)."""
     out = {}
     for g in st.plan.groups:
         states = published_states(st, record, g)
-        out.update({j: states[j]["theta"] for j in st.plan.honest(g)})
+        out.update({j: model_weights(states[j]) for j in st.plan.honest(g)})
     return out
 
 
-def digests(st: TrainedState, thetas: Mapping[int, np.ndarray]) -> tuple[dict[str, str], dict[str, str]]:
-    """(worker digests, group digests) of a version's parameters."""
+def digests(st: TrainedState, thetas: Mapping[int, Weights]) -> tuple[dict[str, str], dict[str, str]]:
+    """(worker digests, group digests) of a version's weights."""
     return model_digests(st.plan, thetas)
 
 
