@@ -41,12 +41,12 @@ def read_parquet(path: str | os.PathLike[str],
         ids_parts.append(ids)
         x_parts.append(x)
         y_parts.append(y)
-    _unique_over_files(files, ids_parts)
+    ids = np.concatenate(ids_parts)
+    _unique_over_files(files, ids_parts, ids)
     widths = {x.shape[1:] for x in x_parts}
     if len(widths) > 1:
         raise ValueError(f"{path}: files hold features of different lengths {sorted(widths)}; give data.shape or make "
                          "them equal")
-    ids = np.concatenate(ids_parts).astype(str)
     labels = np.concatenate(y_parts)
     num_classes = int(labels.max()) + 1
     if num_classes < 2:
@@ -54,12 +54,12 @@ def read_parquet(path: str | os.PathLike[str],
     return ids, np.concatenate(x_parts), labels, num_classes
 
 
-def _unique_over_files(files: Sequence[str], ids_parts: Sequence[np.ndarray]) -> None:
-    """Each file's ids are unique already; an id in two files names both."""
+def _unique_over_files(files: Sequence[str], ids_parts: Sequence[np.ndarray], ids: np.ndarray) -> None:
+    """Each file's ids (``ids_parts``) are unique already; an id of ``ids`` (all of them) in two files names both."""
     if len(files) < 2:
         return
-    unique, counts = np.unique(np.concatenate(ids_parts), return_counts=True)
-    if len(unique) == sum(len(p) for p in ids_parts):
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) == len(ids):
         return
     first = str(unique[counts > 1][0])
     where = [name for name, ids in zip(files, ids_parts, strict=True) if first in ids]

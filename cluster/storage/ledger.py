@@ -291,9 +291,13 @@ class Ledger:
             db.executemany("INSERT OR REPLACE INTO store_files(worker, sha256) VALUES (?, ?)", list(hashes.items()))
 
     # ----- timing-dependent events -----------------------------------------------------------------
+    def silent_spend(self) -> bool:
+        """Whether training let silent workers spend the fault budget (False: a ledger trained before)."""
+        return bool(self.meta(SILENT_SPEND_KEY, False))
+
     def schedule(self) -> Schedule:
         """What training recorded for replays: timing events and the rounds' fault budgets."""
-        out = Schedule(silent_spend=bool(self.meta(SILENT_SPEND_KEY, False)))
+        out = Schedule(silent_spend=self.silent_spend())
         for g, s, t, j, status in self._query("SELECT grp, stage, round, worker, status FROM schedule"):
             out.events.setdefault((g, s), {}).setdefault(t, {})[j] = status
         if self._has_table("round_budgets"):  # a ledger trained before budgets were recorded has none

@@ -83,7 +83,7 @@ def update_groups(st: TrainedState, by_group: Mapping[int, Sequence[str]], metho
     _, record = st.ledger.latest_version()
     last = st.config.unlearning.slices - 1
     # No training events to impose (these are new rounds), but the state's budget policy holds.
-    policy = Schedule(silent_spend=st.ledger.schedule().silent_spend)
+    policy = Schedule(silent_spend=st.ledger.silent_spend())
     session = Session(plan, backend, schedule=policy, replay_schedule=True, server_lr=getattr(params, "lr", None))
     start: dict[int, dict[str, np.ndarray]] = {}
     for g in groups:
