@@ -270,12 +270,12 @@ def cmd_train(args) -> int:
 
     overrides = parse_overrides(args.overrides) | _backend_overrides(args)
     config = load(args.config, overrides)
-    dataset = validate_run(config)  # data and model errors before the output directory exists
+    index = validate_run(config)  # data and model errors before the output directory exists
     if config.backend.name == "ray":
         from .execution.ray_backend import check_reachable
 
         check_reachable(config.backend)
-    result = train(config, args.outdir, progress=not args.no_progress, dataset=dataset)
+    result = train(config, args.outdir, progress=not args.no_progress, index=index)
     print(f"trained {result.summary['rounds']} rounds in {result.summary['wall_time_s']:.1f}s: "
           f"{accuracy_line(result.summary)}; results in {args.outdir}")
     return 0

@@ -32,6 +32,10 @@ class ClusterError(OstraconError, RuntimeError):
     """The Ray cluster cannot be reached, or cannot host the workers asked for."""
 
 
+class SourceChangedError(OstraconError, RuntimeError):
+    """The source data differs from what the state was trained on: exact deletion is impossible."""
+
+
 class UnknownIdsError(RequestError):
     """Sample ids that are not in the training data (the message lists them, capped); nothing changed."""
 

@@ -421,7 +421,7 @@ def _npz(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise ValueError(f"{path}: key 'X' contains NaN or Inf")
-    ids = _index_ids(n) if raw_ids is None else _npz_ids(raw_ids, n, path)
+    ids = _index_ids(n) if raw_ids is None else check_npz_ids(raw_ids, n, path)
     num_classes = int(y.max()) + 1
     if num_classes < 2:
         raise ValueError(f"{path}: key 'y' holds only label 0; a classifier needs at least 2 classes")
@@ -437,7 +437,7 @@ def _npz_array(archive: NpzFile, key: str, path: Path) -> np.ndarray:
         raise ValueError(f"{path}: key {key!r} cannot be loaded without pickle ({error})") from error
 
 
-def _npz_ids(raw: np.ndarray, n: int, path: Path) -> np.ndarray:
+def check_npz_ids(raw: np.ndarray, n: int, path: Path) -> np.ndarray:
     """Convert ids (str, bytes or int) to unicode and require them unique."""
     if raw.shape != (n,):
         raise ValueError(f"{path}: key 'ids' must have shape ({n},), got {raw.shape}")

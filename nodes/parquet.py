@@ -137,7 +137,7 @@ def _labels(name: str, column: Any) -> np.ndarray:
     return labels
 
 
-def _features(name: str, column: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _features(name: str, column: Any, shape: tuple[int, ...], keep_integers: bool = False) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -159,7 +159,106 @@ def _features(name: str, column: Any, shape: tuple[int, ...]) -> np.ndarray:
     values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
     if values.size != rows * width:  # nulls inside a row's list
         raise ValueError(f"{name}: column 'features' has null values inside rows")
-    x: np.ndarray = values.astype(np.float32).reshape((rows, *(shape or (width,))))
-    if not np.isfinite(x).all():
+    kept = values.dtype if keep_integers and values.dtype.kind in "iu" else np.float32
+    x: np.ndarray = values.astype(kept).reshape((rows, *(shape or (width,))))
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ValueError(f"{name}: column 'features' contains NaN or Inf")
     return x
+
+
+# ----- reading by parts: the index (ids and labels) once, then only a worker's rows ------------------
+def read_parquet_index(path: str | os.PathLike[str], shape: Sequence[int] = ()
+                       ) -> tuple[np.ndarray, np.ndarray, int, tuple[int, ...], np.dtype]:
+    """``(ids, labels, num_classes, feature_shape, feature_dtype)`` reading only the ``id`` and ``label``
+    columns (and the first row's features when no ``shape`` is given)."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, files = _files(str(os.fspath(path)), pafs)
+    want = tuple(int(s) for s in shape)
+    ids_parts, y_parts, kinds = [], [], set()
+    first_width: int | None = None
+    for name in files:
+        try:
+            with fs.open_input_file(name) as handle:
+                parquet = pq.ParquetFile(handle)
+                schema = parquet.schema_arrow
+                missing = [c for c in COLUMNS if c not in schema.names]
+                if missing:
+                    raise ValueError(f"{name}: missing column(s) {', '.join(map(repr, missing))} (found: "
+                                     f"{', '.join(schema.names) or 'none'}); expected id, label, features")
+                kinds.add(_feature_value_type(name, schema.field(FEATURES).type))
+                table = parquet.read(columns=[ID, LABEL])
+                if first_width is None and not want and parquet.metadata.num_rows:
+                    head = next(parquet.iter_batches(batch_size=1, columns=[FEATURES]))
+                    first_width = len(head.column(0)[0].values)
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise ValueError(f"{name}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+        ids_parts.append(_ids(name, table.column(ID)))
+        y_parts.append(_labels(name, table.column(LABEL)))
+    ids = np.concatenate(ids_parts)
+    _unique_over_files(files, ids_parts, ids)
+    labels = np.concatenate(y_parts)
+    if labels.size == 0:
+        raise ValueError(f"{path}: holds no rows")
+    num_classes = int(labels.max()) + 1
+    if num_classes < 2:
+        raise ValueError(f"{path}: column 'label' holds only label 0; a classifier needs at least 2 classes")
+    integer = {k.kind for k in kinds} <= set("iu") and len(kinds) == 1
+    dtype = next(iter(kinds)) if integer else np.dtype(np.float32)
+    return ids, labels, num_classes, want or (first_width or 0,), dtype
+
+
+def read_parquet_features(path: str | os.PathLike[str], shape: Sequence[int], positions: np.ndarray,
+                          batch_rows: int = 8192) -> np.ndarray:
+    """The features of the rows at ``positions`` (ascending, over the files in sorted order), streamed one
+    record batch at a time; files holding none of them are not read."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, files = _files(str(os.fspath(path)), pafs)
+    want = tuple(int(s) for s in shape)
+    parts: list[np.ndarray] = []
+    offset = 0
+    for name in files:
+        with fs.open_input_file(name) as handle:
+            parquet = pq.ParquetFile(handle)
+            rows = parquet.metadata.num_rows
+            lo, hi = np.searchsorted(positions, [offset, offset + rows])
+            mine = positions[lo:hi] - offset
+            if mine.size:
+                start = 0
+                try:
+                    for batch in parquet.iter_batches(batch_size=batch_rows, columns=[FEATURES]):
+                        n = batch.num_rows
+                        a, b = np.searchsorted(mine, [start, start + n])
+                        if b > a:
+                            taken = batch.column(0).take(pa.array(mine[a:b] - start))
+                            parts.append(_features(name, taken, want, keep_integers=True))
+                        start += n
+                except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+                    raise ValueError(f"{name}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+        offset += rows
+    if not parts:
+        return np.zeros((0, *(want or (0,))), dtype=np.float32)
+    widths = {p.shape[1:] for p in parts}
+    if len(widths) > 1:
+        raise ValueError(f"{path}: files hold features of different lengths {sorted(widths)}; give data.shape or make "
+                         "them equal")
+    dtypes = {p.dtype for p in parts}
+    out = np.concatenate(parts) if len(dtypes) == 1 else np.concatenate([p.astype(np.float32) for p in parts])
+    return out
+
+
+def _feature_value_type(name: str, kind: Any) -> np.dtype:
+    import pyarrow as pa
+
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        raise ValueError(f"{name}: column 'features' must hold a list of numbers per row, got {kind}")
+    inner = kind.value_type
+    if not (pa.types.is_integer(inner) or pa.types.is_floating(inner)):
+        raise ValueError(f"{name}: column 'features' must hold numbers, got lists of {inner}")
+    return np.dtype(inner.to_pandas_dtype()) if pa.types.is_integer(inner) else np.dtype(np.float32)
+

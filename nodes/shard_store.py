@@ -289,7 +289,8 @@ def _validate_rows(ids: ArrayLike, features: ArrayLike, labels: ArrayLike, slice
             raise ValueError(f"duplicate ids: {_preview(np.unique(ids[1:][dup]).tolist())}")
     return (
         ids,
-        np.ascontiguousarray(features[order], dtype=np.float32),
+        # integer features (uint8 images) keep their dtype: the worker casts a batch on its device
+        np.ascontiguousarray(features[order], dtype=features.dtype if features.dtype.kind in "iu" else np.float32),
         labels[order].astype(np.int64),
         slices[order].astype(np.int64),
     )
@@ -371,7 +372,7 @@ def _read_rows(path: Path) -> Rows:
     if (
         ids.ndim != 1
         or (n and ids.dtype.kind != "U")
-        or features.dtype != np.float32
+        or (features.dtype != np.float32 and features.dtype.kind not in "iu")
         or features.shape[:1] != (n,)
         or labels.dtype != np.int64
         or labels.shape != (n,)

@@ -36,6 +36,7 @@ from .messages import Assign, Message, Mix
 from .models import build_model, flat_parameters, load_buffers, load_flat_parameters, model_buffers, model_digest
 from .seeding import derive_seed, generator
 from .shard_store import ShardStore
+from .sources import rows_digest
 
 HONEST = "honest"
 # What a worker's last ``step`` did (the backends report it; the protocol acts on it).
@@ -267,13 +268,18 @@ class Worker:
             self._data_cache = None
         return len(self.store)
 
+    def rows_digest(self) -> str:
+        """``nodes.sources.rows_digest`` of this worker's live rows (computed here: rows never leave the worker)."""
+        return rows_digest(self.store.ids, self.store.features, self.store.labels)
+
     def data_ids(self, max_slice: int) -> list[str]:
         return [str(i) for i in self.store.view(max_slice)[0]]
 
     def _training_data(self, max_slice: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._data_cache is None or self._data_cache[0] != max_slice:
             _, features, labels = self.store.view(max_slice)
-            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
+            # Integer features (uint8 images) are cast on the device: exact, and 4x less to move.
+            x = torch.from_numpy(np.ascontiguousarray(features)).to(self.device).to(torch.float32)
             y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(self.device)
             if self.spec.behaviour == "label_flip":
                 y = self.spec.num_classes - 1 - y

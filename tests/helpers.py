@@ -21,8 +21,14 @@ from ostracon.cluster.storage.checkpoints import CheckpointStore
 from ostracon.cluster.storage.ledger import open_ledger
 from ostracon.cluster.unlearning import locate, verify_state_dir
 from ostracon.nodes.shard_store import ShardStore
+from ostracon.nodes.sources import Rows, read_shard
 
 # ----- configs -----------------------------------------------------------------------------------------
+
+
+def shard_rows(plan, worker) -> Rows:
+    """Worker ``worker``'s rows, read from the source as the worker itself reads them."""
+    return read_shard(plan.shards[worker])
 
 
 def small_config(**sections) -> Config:
@@ -136,7 +142,7 @@ def assert_consistent(state, config, deleted, digests):
     assert sorted(certified) == sorted(deleted), "every deleted id is in exactly one certificate"
     plan = make_plan(config, state_dir=state)
     where = locate(plan)
-    for j, data in plan.data.items():
+    for j, data in plan.shards.items():
         store = ShardStore.open(data.store_path)
         assert not deleted & set(store.ids.tolist()), f"worker {j} still holds a deleted id"
         assert ShardStore.read_tombstones(data.store_path) == {i for i in deleted if where[i][1] == j}

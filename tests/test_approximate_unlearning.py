@@ -22,9 +22,10 @@ from ostracon.cluster.storage.ledger import open_ledger
 from ostracon.cluster.unlearning import locate, unlearn_state_dir, verify_state_dir
 from ostracon.cluster.unlearning.trained import final_thetas, open_state
 from ostracon.nodes.approximate import METHODS
+from ostracon.nodes.sources import read_index, read_rows
 from ostracon.nodes.worker import probabilities_model
 
-from helpers import assert_consistent, attacker_id, retrain_digests, small_config, trainer_ids, tree_bytes
+from helpers import assert_consistent, attacker_id, retrain_digests, shard_rows, small_config, trainer_ids, tree_bytes
 
 # One group of 5 MoNNA workers, one of them a Byzantine ALIE attacker, trained long enough to be good.
 METHOD_CONFIG = dict(training={"workers": 5, "f": 1, "rounds": 120, "eval_every": 120},
@@ -50,8 +51,9 @@ def class_ids(config, label):
     """Every training id of class ``label`` held by a worker that trains on it."""
     plan = make_plan(config)
     out = []
-    for j, data in plan.data.items():
+    for j in plan.shards:
         if plan.specs[j].trains:
+            data = shard_rows(plan, j)
             out += data.ids[data.labels == label].tolist()
     return sorted(out)
 
@@ -67,11 +69,10 @@ def honest_models(state) -> tuple[dict, object]:
 
 def forget_confidence(plan, thetas, config, ids):
     """Per honest worker: (accuracy, mean true-class probability) on ``ids``."""
-    source = make_plan(config)
-    rows = {sid: (x, y) for d in source.data.values()
-            for sid, x, y in zip(d.ids.tolist(), d.features, d.labels, strict=True)}
-    x = torch.from_numpy(np.stack([rows[i][0] for i in ids]).astype(np.float32))
-    y = torch.from_numpy(np.asarray([rows[i][1] for i in ids], dtype=np.int64))
+    source = make_plan(config).source
+    features, labels = read_rows(source, read_index(source), ids)
+    x = torch.from_numpy(features.astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
     out = {}
     for j, theta in thetas.items():
         with torch.no_grad():

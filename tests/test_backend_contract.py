@@ -15,7 +15,7 @@ from ostracon.cluster.execution.plan import make_plan
 from ostracon.nodes.messages import Assign
 from ostracon.nodes.worker import Worker
 
-from helpers import small_config
+from helpers import shard_rows, small_config
 
 BACKEND_NAMES = ("local", "ray")
 CONFIG = small_config(training={"workers": 4, "f": 1, "rounds": 8, "eval_every": 8},
@@ -34,7 +34,7 @@ def backend(request, plan):
     if request.param == "ray":
         request.getfixturevalue("ray_runtime")
     started = make_backend(CONFIG.replace(**{"backend.name": request.param}))
-    started.start(plan.specs, plan.data)
+    started.start(plan.specs, plan.shards)
     with started:
         yield started
 
@@ -43,7 +43,7 @@ def backend(request, plan):
 def reference(plan):
     """What the in-process backend answers: the reference every backend must match bit for bit."""
     with LocalBackend() as local:
-        local.start(plan.specs, plan.data)
+        local.start(plan.specs, plan.shards)
         states = local.call(plan.trainers_all(), Worker.get_state)
         trainers = plan.trainers(0)
         first = local.step(trainers, 0, 0, 0, {})
@@ -58,7 +58,7 @@ def test_call_runs_a_worker_method_on_each_listed_worker(backend, plan):
     ids = backend.call(workers, Worker.data_ids, 0)
     assert sorted(ids) == workers
     for j in plan.trainers_all():
-        expected = plan.data[j].ids[plan.data[j].slices <= 0].tolist()
+        expected = shard_rows(plan, j).ids[shard_rows(plan, j).slices <= 0].tolist()
         assert sorted(ids[j]) == sorted(expected), f"worker {j}"
 
 
@@ -66,8 +66,8 @@ def test_call_each_passes_each_worker_its_own_arguments(backend, plan):
     j, k = plan.trainers(0)[:2]
     got = backend.call_each(Worker.data_ids, {j: (0,), k: (1,)})
     assert set(got) == {j, k}
-    assert len(got[k]) == len(plan.data[k].ids)  # slices 0..1: every row of a 2-slice shard
-    assert len(got[j]) == int((plan.data[j].slices <= 0).sum()) < len(plan.data[j].ids)
+    assert len(got[k]) == len(shard_rows(plan, k).ids)  # slices 0..1: every row of a 2-slice shard
+    assert len(got[j]) == int((shard_rows(plan, j).slices <= 0).sum()) < len(shard_rows(plan, j).ids)
 
 
 def test_initial_states_match_the_reference(backend, plan, reference):

@@ -25,6 +25,7 @@ from helpers import (
     assert_consistent,
     attacker_id,
     retrain_digests,
+    shard_rows,
     small_config,
     stable_bytes,
     trainer_ids,
@@ -191,7 +192,7 @@ def test_verify_retrains_and_catches_a_published_digest_no_model_has(state):
 
 
 def _rows(config, worker, deleted):
-    data = make_plan(config, exclude=deleted).data[worker]
+    data = shard_rows(make_plan(config, exclude=deleted), worker)
     return data.ids, data.features, data.labels, data.slices
 
 
@@ -258,7 +259,7 @@ def test_a_damaged_checkpoint_is_repaired_by_an_exact_replay(state, config, dama
     assert_consistent(state, config, ids, retrain_digests(config, ids))
 
 
-def test_changed_source_data_is_refused_before_anything_changes(tmp_path):
+def _npz_state(tmp_path):
     from ostracon.nodes.data import load_dataset
 
     digits = load_dataset("digits")
@@ -268,14 +269,49 @@ def test_changed_source_data_is_refused_before_anything_changes(tmp_path):
     config = small_config(data={"source": "npz", "path": str(path), "partition": "iid"}, **SISA)
     state = tmp_path / "state"
     train(config, state, progress=False)
+    return digits, ids, path, config, state
+
+
+def _rewrite(path, digits, ids, row, labels=None):
     features = digits.features.copy()
-    features[0, 0] += 1.0
-    np.savez(path, X=features, y=digits.labels, ids=ids)
+    features[row, 0] += 1.0
+    np.savez(path, X=features, y=digits.labels if labels is None else labels, ids=ids)
+
+
+@pytest.mark.parametrize("what", ["held-out features", "labels"])
+def test_changed_source_data_is_refused_before_anything_changes(tmp_path, what):
+    digits, ids, path, config, state = _npz_state(tmp_path)
+    plan = make_plan(config)
+    held_out = int(np.flatnonzero(ids == plan.test_ids[0])[0])
+    if what == "labels":
+        labels = digits.labels.copy()
+        labels[held_out] = (labels[held_out] + 1) % 10
+        np.savez(path, X=digits.features, y=labels, ids=ids)
+    else:
+        _rewrite(path, digits, ids, held_out)
     before = tree_bytes(state)
-    with pytest.raises(SourceChangedError, match="differs from the data this state was trained on"):
-        unlearn_state_dir(state, [str(ids[5])])
+    with pytest.raises(SourceChangedError, match="differ.* this state was trained on"):
+        unlearn_state_dir(state, [str(i) for i in sorted(plan.placement)[:1]])
     assert tree_bytes(state) == before
     assert {f["name"] for f in verify_state_dir(state)["failures"]} == {"SOURCE_CHANGED"}
+
+
+def test_changed_training_rows_are_found_by_the_worker_that_reads_them(tmp_path):
+    # The stores hold the rows trained on (hash-checked): deleting needs no source. A worker that has to
+    # read its rows again (a lost store, verify's retrain) finds them changed and refuses.
+    digits, ids, path, config, state = _npz_state(tmp_path)
+    plan = make_plan(config)
+    victim = sorted(plan.placement)[0]
+    _, worker, _ = plan.placement[victim]
+    _rewrite(path, digits, ids, int(np.flatnonzero(ids == victim)[0]))
+    other = next(i for i in sorted(plan.placement) if plan.placement[i][1] != worker and
+                 plan.specs[plan.placement[i][1]].trains)
+    unlearn_state_dir(state, [other])
+    assert {f["name"] for f in verify_state_dir(state)["failures"]} == {"SOURCE_CHANGED"}
+    shutil.rmtree(state / "stores" / f"worker-{worker}")
+    with pytest.raises(SourceChangedError, match=f"worker {worker}: .*differ from those this state was trained on"):
+        unlearn_state_dir(state, [next(i for i in sorted(plan.placement) if i not in (other, victim))])
+    assert not (state / "stores" / f"worker-{worker}" / "rows.npz").exists()
 
 
 # ----- one writer per state directory --------------------------------------------------------------------
@@ -298,7 +334,7 @@ def test_a_second_writer_fails_fast_naming_the_holder(state, config):
 def test_a_worker_left_without_data_keeps_following_its_group(state, config):
     plan = make_plan(config)
     served = plan.honest(0)[0]
-    everything = [str(i) for i in plan.data[served].ids]
+    everything = [str(i) for i in shard_rows(plan, served).ids]
     cert = unlearn_state_dir(state, everything)
     groups, workers = retrain_digests(config, everything)
     assert cert["group_digests"] == groups and cert["worker_digests"] == workers

@@ -18,7 +18,7 @@ from ostracon.cluster.execution.training import train
 from ostracon.cluster.unlearning import locate, unlearn_state_dir, verify_state_dir
 from ostracon.nodes.worker import Worker
 
-from helpers import SISA, final_thetas, pick_ids, small_config
+from helpers import SISA, final_thetas, pick_ids, shard_rows, small_config
 
 pytestmark = pytest.mark.usefixtures("ray_runtime")
 
@@ -134,8 +134,7 @@ def test_straggler_run_with_a_deadline_verifies(tmp_path):
     where = locate(make_plan(config))
     victim = next(i for i in sorted(where) if where[i][1] == 0 and where[i][2] == 0)
     cert = unlearn_state_dir(state, [victim])
-    fresh = train(config, None, progress=False, dataset=load_config_dataset(config).without([victim]),
-                  schedule=result.schedule)
+    fresh = train(config, None, progress=False, exclude=[victim], schedule=result.schedule)
     assert cert["group_digests"] == fresh.summary["group_digests"]
 
 
@@ -166,7 +165,7 @@ def test_restarted_actor_never_sees_a_deleted_sample(tmp_path):
     plan = make_plan(on_ray(config), state_dir=state)
     backend = RayBackend(on_ray(config))
     try:
-        backend.start(plan.specs, plan.data)  # built from the ORIGINAL rows + the store on disk
+        backend.start(plan.specs, plan.shards)  # built from the ORIGINAL rows + the store on disk
         assert victim not in backend.call([1], Worker.data_ids, 0)[1]
         pid = backend.pids([1])[1]
         backend.kill(1)
@@ -175,7 +174,7 @@ def test_restarted_actor_never_sees_a_deleted_sample(tmp_path):
             assert time.monotonic() < deadline, "the actor was not restarted"
             time.sleep(0.2)
         ids = backend.call([1], Worker.data_ids, 0)[1]
-        assert victim not in ids and len(ids) == len(plan.data[1].ids) - 1
+        assert victim not in ids and len(ids) == len(shard_rows(plan, 1).ids) - 1
     finally:
         backend.shutdown()
 

@@ -89,7 +89,7 @@ def test_honest_split_gives_the_data_to_honest_workers(bench, base):
 
     def sizes(attack, split):
         plan = make_plan(bench.cell_config(base, attack, "monna", seed=0, rounds=5, split=split))
-        return [len(plan.data[j].ids) for j in range(10)], plan
+        return [len(plan.shard_ids(j)) for j in range(10)], plan
 
     everyone, plan_all = sizes("alie", "all")
     honest_only, plan_honest = sizes("alie", "honest")

@@ -133,23 +133,23 @@ def test_mimic_variant_attacker_resumes_bit_identically_from_its_state():
 
     plan = make_plan(small_config(byzantine={"count": 1, "behaviour": "mimic_variant", "params": {"warmup": 4}}))
     attacker = plan.specs[plan.attackers(0)[0]]
-    d = build_worker(attacker, plan.data[attacker.index]).parameters().shape[0]
+    d = build_worker(attacker, plan.shards[attacker.index]).parameters().shape[0]
     rng = np.random.default_rng(0)
     # 5 honest vectors per round, spread mostly along a few directions that change with the round
     vectors = {t: [(rng.standard_normal(d) * (1 + i)).astype(np.float32) for i in range(5)] for t in range(8)}
-    one = build_worker(attacker, plan.data[attacker.index])
+    one = build_worker(attacker, plan.shards[attacker.index])
     full = [one.attack(vectors[t], t) for t in range(8)]
-    first = build_worker(attacker, plan.data[attacker.index])
+    first = build_worker(attacker, plan.shards[attacker.index])
     for t in range(3):
         first.attack(vectors[t], t)
     state = first.get_state()
     assert {"theta", "momentum", "mimic_direction", "mimic_target"} <= set(state)
     assert all(v.dtype == np.float32 for v in state.values())
-    resumed = build_worker(attacker, plan.data[attacker.index])
+    resumed = build_worker(attacker, plan.shards[attacker.index])
     resumed.set_state(state)
     later = [resumed.attack(vectors[t], t) for t in range(3, 8)]
     assert all(np.array_equal(a, b) for a, b in zip(full[3:], later, strict=True))
-    fresh = build_worker(attacker, plan.data[attacker.index])  # without the state it may pick differently
+    fresh = build_worker(attacker, plan.shards[attacker.index])  # without the state it may pick differently
     assert fresh.get_state().keys() == {"theta", "momentum"}
     # after the warm-up (4 rounds) the target is fixed: the copy follows one honest index
     targets = {next(i for i, v in enumerate(vectors[t]) if np.array_equal(v, full[t])) for t in range(4, 8)}

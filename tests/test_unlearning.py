@@ -15,7 +15,7 @@ from ostracon.cluster.storage.checkpoints import CheckpointStore
 from ostracon.cluster.unlearning import UnlearningError, locate, unlearn_state_dir, verify_state_dir
 from ostracon.nodes.shard_store import ShardStore
 
-from helpers import SISA, final_thetas, pick_ids, small_config, tree_bytes
+from helpers import SISA, final_thetas, pick_ids, shard_rows, small_config, tree_bytes
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_deleted_data_is_gone_from_disk(tmp_path, sisa_config):
     where = locate(plan)
     rows = {}
     for i in ids:
-        data = plan.data[where[i][1]]
+        data = shard_rows(plan, where[i][1])
         rows[i] = data.features[list(data.ids).index(i)].tobytes()
     before = {p: hashlib.sha256(b).hexdigest() for p, b in tree_bytes(state).items() if p.endswith(".pt")}
     cert = unlearn_state_dir(state, ids)
@@ -71,14 +71,14 @@ def test_deleted_data_is_gone_from_disk(tmp_path, sisa_config):
     assert not any(p.endswith((".replay", ".tmp")) for p in files)
     # The feature bytes of deleted samples appear in no file; a surviving sample's bytes still do.
     survivor = next(i for i in sorted(where) if i not in ids and where[i][1] == where[ids[0]][1])
-    data = plan.data[where[survivor][1]]
+    data = shard_rows(plan, where[survivor][1])
     survivor_bytes = data.features[list(data.ids).index(survivor)].tobytes()
     blob = b"".join(files.values())
     assert survivor_bytes in blob
     for i, feature_bytes in rows.items():
         assert feature_bytes not in blob, f"features of deleted id {i} still on disk"
     # No store holds the ids any more (only the tombstone log names them).
-    for d in plan.data.values():
+    for d in plan.shards.values():
         store = ShardStore.open(d.store_path)
         assert not set(ids) & set(store.ids.tolist())
     # Every live checkpoint's data digest is the digest of the surviving ids its training workers hold.

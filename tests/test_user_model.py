@@ -159,12 +159,12 @@ def test_a_worker_restores_its_buffers_from_state():
     config = user_config()
     plan = make_plan(config)
     j = plan.honest(0)[0]
-    first = build_worker(plan.specs[j], plan.data[j])
+    first = build_worker(plan.specs[j], plan.shards[j])
     for step in range(3):
         first.step(0, step, step)
     state = first.get_state()
     assert int(state[BUFFER_PREFIX + "bn.num_batches_tracked"]) == 3
-    second = build_worker(plan.specs[j], plan.data[j])
+    second = build_worker(plan.specs[j], plan.shards[j])
     second.set_state(state)
     assert weights_digest(second.weights()) == weights_digest(first.weights())
     assert np.array_equal(second.step(0, 3, 3), first.step(0, 3, 3)), "the same step from the same state"

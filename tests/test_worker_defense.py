@@ -20,7 +20,7 @@ def test_optimized_attack_with_absent_honest_workers_does_not_raise(protocol, ru
                           byzantine={"count": 1, "behaviour": behaviour})
     plan = make_plan(config)
     backend = LocalBackend()
-    backend.start(plan.specs, plan.data)
+    backend.start(plan.specs, plan.shards)
     answered = backend.step([0, 1], 0, 0, 0, {})
     assert sorted(answered.vectors) == [0, 1]
     honest = [answered.vectors[0], answered.vectors[1]]
@@ -37,7 +37,7 @@ def test_optimized_attack_skips_a_diverged_honest_node_as_pivot():
                           byzantine={"count": 1, "behaviour": "foe_optimized"})
     plan = make_plan(config)
     backend = LocalBackend()
-    backend.start(plan.specs, plan.data)
+    backend.start(plan.specs, plan.shards)
     answered = backend.step([0, 1, 2, 3, 4], 0, 0, 0, {})
     honest = [answered.vectors[j] for j in range(5)]
     honest[2] = np.full_like(honest[2], np.nan)
@@ -53,7 +53,7 @@ def test_the_attackers_defense_uses_the_rounds_budget():
                                     "pre": []}, byzantine={"count": 1, "behaviour": "alie_optimized"})
     plan = make_plan(config)
     backend = LocalBackend()
-    backend.start(plan.specs, plan.data)
+    backend.start(plan.specs, plan.shards)
     answered = backend.step(list(range(6)), 0, 0, 0, {})
     honest = [answered.vectors[j] for j in range(6)]
     declared = backend.attack([6], honest, 0).vectors[6]

@@ -26,10 +26,13 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from ostracon.nodes.messages import Message
-from ostracon.nodes.shard_store import ShardStore
+from ostracon.nodes.shard_store import CorruptStoreError, ShardStore
+from ostracon.nodes.sources import ShardSource, read_shard, release
+from ostracon.nodes.sources import SourceChangedError as SourceRowsChanged
 from ostracon.nodes.worker import NO_ANSWER, Worker, WorkerSpec
 
 from ..config import Config
+from ..errors import DataError, SourceChangedError
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +40,36 @@ R = TypeVar("R")
 LOCAL_NODE = "local"  # what LocalBackend reports as every worker's node
 
 
-@dataclass(frozen=True)
-class WorkerData:
-    """How a worker finds its shard: rows to build it from, and a directory to keep it durable (or None)."""
+def open_store(shard: ShardSource) -> ShardStore:
+    """A worker's store: opened from its directory when it holds one (its tombstone log re-applied, and
+    any id of ``shard.deleted`` it lacks tombstoned), else built from the worker's own rows of the source
+    minus ``shard.deleted``: a lost or unreadable store is rebuilt by its worker, and a rebuilt (restarted)
+    worker never sees a deleted sample again."""
+    if shard.store_path is not None and ShardStore.rows_file(shard.store_path).is_file():
+        try:
+            store = ShardStore.open(shard.store_path)
+        except CorruptStoreError as exc:
+            log.warning("store %s unreadable (%s): rebuilding it from the source", shard.store_path, exc)
+        else:
+            missing = sorted(set(shard.deleted) - store.deleted())
+            if missing:
+                store.delete(missing)
+            return store
+    rows = read_shard(shard)
+    if shard.store_path is None:
+        return ShardStore.from_arrays(rows.ids, rows.features, rows.labels, rows.slices)
+    return ShardStore.rebuild(shard.store_path, rows.ids, rows.features, rows.labels, rows.slices, shard.deleted)
 
-    ids: np.ndarray
-    features: np.ndarray
-    labels: np.ndarray
-    slices: np.ndarray
-    store_path: str | None = None
 
-
-def build_worker(spec: WorkerSpec, data: WorkerData) -> Worker:
-    # from_arrays re-applies the tombstone log when store_path already holds a store, so a rebuilt
-    # (restarted) worker never sees a deleted sample again.
-    store = ShardStore.from_arrays(data.ids, data.features, data.labels, data.slices, path=data.store_path)
+def build_worker(spec: WorkerSpec, shard: ShardSource) -> Worker:
+    """A worker over its own rows (``open_store``); the source is read by the worker, never shipped to it.
+    A source that cannot be read, or whose rows changed since training, is a one-line error naming it."""
+    try:
+        store = open_store(shard)
+    except SourceRowsChanged as exc:
+        raise SourceChangedError(f"worker {spec.index}: {exc}") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"worker {spec.index} reading its rows of {shard.source.describe()}: {exc}") from exc
     return Worker(spec, store)
 
 
@@ -76,8 +94,9 @@ class Backend(Protocol):
 
     name: str  # for display only ("local", "ray"): nothing branches on it
 
-    def start(self, specs: Sequence[WorkerSpec], data: Mapping[int, WorkerData]) -> None:
-        """Build one worker per spec from ``data[spec.index]``; fails (ClusterError) if one cannot start."""
+    def start(self, specs: Sequence[WorkerSpec], shards: Mapping[int, ShardSource]) -> None:
+        """Build one worker per spec, each reading its rows from ``shards[spec.index]``; fails
+        (ClusterError) if one cannot start."""
 
     def step(self, workers: Sequence[int], stage: int, step: int, t: int,
              incoming: Mapping[int, Message | None], deadline_s: float | None) -> StepResult:
@@ -129,9 +148,12 @@ class LocalBackend:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    def start(self, specs: Sequence[WorkerSpec], data: Mapping[int, WorkerData]) -> None:
-        for spec in specs:
-            self.workers[spec.index] = build_worker(spec, data[spec.index])
+    def start(self, specs: Sequence[WorkerSpec], shards: Mapping[int, ShardSource]) -> None:
+        try:
+            for spec in specs:
+                self.workers[spec.index] = build_worker(spec, shards[spec.index])
+        finally:
+            release()  # the workers of this process shared one read of a built-in source
 
     def step(self, workers: Sequence[int], stage: int, step: int, t: int,
              incoming: Mapping[int, Message | None], deadline_s: float | None = None) -> StepResult:

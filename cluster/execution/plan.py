@@ -9,37 +9,79 @@ some ids puts every other sample exactly where it was.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ostracon.nodes.data import Dataset, load_dataset
-from ostracon.nodes.partition import place
+from ostracon.nodes.sources import (
+    NO_HOLDER,
+    PlacementSpec,
+    ShardSource,
+    SourceIndex,
+    SourceSpec,
+    read_features,
+    read_index,
+    register_dataset,
+    rows_digest,
+    shard_digest,
+    source_spec,
+)
 from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec, spec_model
 
 from ..config import Config
-from ..errors import ConfigError, DataError
-from .backend import WorkerData
+from ..errors import ConfigError, DataError, SourceChangedError
+from .id_index import IdIndex
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunPlan:
+    """Who holds what: every worker's spec and shard description, the ids and their placement. No rows:
+    the held-out split's features are read from the source when first evaluated on (``test_features``)."""
+
     config: Config
     specs: tuple[WorkerSpec, ...]
-    data: dict[int, WorkerData]
-    test_features: np.ndarray
-    test_labels: np.ndarray
+    shards: dict[int, ShardSource]
     num_classes: int
-    test_ids: np.ndarray
     # Every training id of the source data -> (group, worker, slice), excluded ids included.
-    placement: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    placement: IdIndex
+    source: SourceSpec
+    test_ids: np.ndarray
+    test_labels: np.ndarray
+    test_positions: np.ndarray
+    expected_test_digest: str | None = None
+
+    @functools.cached_property
+    def test_features(self) -> np.ndarray:
+        """The held-out rows' features (read from the source once, checked against the recorded digest)."""
+        features = read_features(self.source, self.test_positions)
+        if self.expected_test_digest is not None:
+            found = rows_digest(self.test_ids, features, self.test_labels)
+            if found != self.expected_test_digest:
+                raise SourceChangedError(
+                    f"the held-out rows of {self.source.describe()} differ from those this state was trained on "
+                    f"(sha256 {found[:16]}... != recorded {self.expected_test_digest[:16]}...); exact deletion and "
+                    "verification need the original data")
+        return features
+
+    def test_digest(self) -> str:
+        return rows_digest(self.test_ids, self.test_features, self.test_labels)
+
+    def shard_ids(self, worker: int) -> np.ndarray:
+        """The ids worker ``worker`` holds (its placement position's minus the deleted), sorted: what its
+        store holds, computed from the index alone."""
+        shard = self.shards[worker]
+        ids = self.placement.held_by(shard.holder) if shard.holder != NO_HOLDER else np.zeros(0, dtype=str)
+        return ids[~np.isin(ids, np.asarray(shard.deleted, dtype=str))] if shard.deleted else ids
 
     def group_workers(self, group: int) -> list[int]:
         return [s.index for s in self.specs if s.group == group]
@@ -84,6 +126,27 @@ def load_config_dataset(config: Config) -> Dataset:
         raise DataError(f"{where}: {exc}") from exc
 
 
+def config_source(config: Config, dataset: Dataset | None = None) -> SourceSpec:
+    """The source workers read: the config's ``data`` section, or ``dataset`` held in this process
+    (``train(dataset=...)``: the local backend only)."""
+    if dataset is not None:
+        return register_dataset(dataset)
+    return source_spec(config.data, config.seed)
+
+
+def read_config_index(config: Config, source: SourceSpec | None = None) -> SourceIndex:
+    """The source's ids and labels; a file that cannot be read is a :class:`DataError` naming it."""
+    d = config.data
+    try:
+        return read_index(source if source is not None else config_source(config))
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if d.path:
+            where = "data.path" if d.path in str(exc) else f"data.path = {d.path!r}"
+        else:
+            where = f"data.source = {d.source!r}"
+        raise DataError(f"{where}: {exc}") from exc
+
+
 def _worker_counts(config: Config, train_samples: int) -> str:
     return (f"{train_samples} training sample(s) (after data.test_fraction = {config.data.test_fraction}) for "
             f"{config.num_workers} workers (training.workers = {config.training.workers} x unlearning.groups = "
@@ -100,8 +163,9 @@ def require_sample_per_worker(config: Config, train_samples: int) -> None:
 def warn_if_sparse(config: Config, plan: RunPlan) -> None:
     """Warn when workers hold on average less than one batch (e.g. many groups over a small dataset),
     and name the workers that hold no data at all (they sit out every round)."""
-    train_samples = sum(len(d.ids) for d in plan.data.values())
-    empty = [j for j in plan.trainers_all() if len(plan.data[j].ids) == 0]
+    sizes = {j: len(plan.shard_ids(j)) for j in plan.shards}
+    train_samples = sum(sizes.values())
+    empty = [j for j in plan.trainers_all() if sizes[j] == 0]
     if empty:
         log.warning("worker(s) %s hold no training sample (data.partition = %r): they sit out every round",
                     ", ".join(map(str, empty[:20])) + (" ..." if len(empty) > 20 else ""), config.data.partition)
@@ -112,20 +176,21 @@ def warn_if_sparse(config: Config, plan: RunPlan) -> None:
                     _worker_counts(config, train_samples), per_worker, config.training.batch_size)
 
 
-def validate_run(config: Config) -> Dataset:
-    """Load the data and build one model: data and model errors surface before anything is written.
+def validate_run(config: Config) -> SourceIndex:
+    """Read the source's index and build one model: data and model errors surface before anything is
+    written (the features of each worker's rows are read, and checked, by the worker).
 
-    Returns the dataset, so the caller can train on it without loading it again.
+    Returns the index, so the caller can train without reading it again.
     """
-    dataset = load_config_dataset(config)
-    plan = make_plan(config, dataset=dataset)
+    index = read_config_index(config)
+    plan = make_plan(config, index=index)
     warn_if_sparse(config, plan)
     try:
         spec_model(plan.specs[0])
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model.params = {dict(config.model.params)} for model.name = "
                           f"{config.model.name!r}: {exc}") from None
-    return dataset
+    return index
 
 
 def stage_rounds(config: Config) -> list[int]:
@@ -140,11 +205,14 @@ def stage_start(config: Config, stage: int) -> int:
 
 
 def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
-              dataset: Dataset | None = None, exclude: Iterable[str] = ()) -> RunPlan:
-    """Load the data, place every sample, and describe every worker; the rows of ``exclude`` (the
-    deleted ids) are placed like the others but given to no worker."""
-    dataset = dataset if dataset is not None else load_config_dataset(config)
-    excluded = np.isin(dataset.ids, np.asarray(sorted(exclude), dtype=str)) if exclude else np.zeros(len(dataset), bool)
+              dataset: Dataset | None = None, exclude: Iterable[str] = (), *, index: SourceIndex | None = None,
+              digests: Mapping[str, Any] | None = None) -> RunPlan:
+    """Place every sample of the source's index and describe every worker; the rows of ``exclude``
+    (the deleted ids) are placed like the others but held by no worker. ``digests`` (recorded by
+    training: ``shards`` by placement position, ``test``) are what the rows must still hash to.
+    Reads ids and labels only (``index``, when given, is reused)."""
+    source = config_source(config, dataset)
+    index = index if index is not None else read_config_index(config, source)
     d, t, b, u = config.data, config.training, config.byzantine, config.unlearning
     n = config.num_workers
     holders = data_holders(config)
@@ -152,13 +220,17 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
         # their copies of honest rows are outside the ledger: a deletion would leave them behind
         raise ConfigError(f"data.split = \"honest\" with byzantine.behaviour = {b.behaviour!r} gives the Byzantine "
                           "workers copies of honest rows, which deletions do not track: in-memory runs only")
-    placement = place(
-        dataset.ids, dataset.labels, seed=config.seed, num_workers=len(holders), num_slices=u.slices,
-        test_fraction=d.test_fraction, partition=d.partition, alpha=d.alpha,
-        classes_per_worker=d.classes_per_worker, num_classes=dataset.num_classes,
-    )
+    rule = PlacementSpec(seed=config.seed, num_workers=len(holders), num_slices=u.slices,
+                         test_fraction=d.test_fraction, partition=d.partition, alpha=d.alpha,
+                         classes_per_worker=d.classes_per_worker)
+    try:
+        placement = rule.place(index)
+    except ValueError as exc:
+        raise DataError(f"data: {exc}") from None
     require_sample_per_worker(config, int((~placement.is_test).sum()))
-    specs, data = [], {}
+    excluded = np.isin(index.ids, np.asarray(sorted(exclude), dtype=str)) if exclude else np.zeros(len(index), bool)
+    shard_digests = dict((digests or {}).get("shards") or {})
+    specs, shards = [], {}
     for j in range(n):
         group, position = divmod(j, t.workers)
         byzantine = position >= t.workers - b.count
@@ -168,29 +240,40 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
             params["num_byzantine"] = b.count
         specs.append(WorkerSpec(
             index=j, group=group, seed=config.seed, model=config.model.name,
-            input_shape=tuple(dataset.feature_shape), num_classes=dataset.num_classes,
+            input_shape=tuple(index.feature_shape), num_classes=index.num_classes,
             model_params=dict(config.model.params), protocol=t.protocol, rule=t.rule, f=t.f,
             rule_params=dict(t.rule_params), pre=tuple(t.pre), lr=t.lr, lr_schedule=t.lr_schedule,
             total_rounds=t.rounds, momentum=t.momentum, weight_decay=t.weight_decay,
             batch_size=t.batch_size, behaviour=behaviour, behaviour_params=params,
             device=config.backend.device,
         ))
-        source = _data_source(config, j)
-        rows = (placement.worker == (-2 if source is None else holders.index(source))) & ~excluded  # -2: none
-        data[j] = WorkerData(
-            ids=dataset.ids[rows], features=dataset.features[rows], labels=dataset.labels[rows],
-            slices=placement.slice[rows],
+        held = _data_source(config, j)
+        holder = NO_HOLDER if held is None else holders.index(held)
+        deleted = index.ids[(placement.worker == holder) & excluded] if held is not None else index.ids[:0]
+        shards[j] = ShardSource(
+            source=source, placement=rule, holder=holder, deleted=tuple(sorted(deleted.tolist())),
             store_path=None if state_dir is None else os.path.join(os.fspath(state_dir), "stores", f"worker-{j}"),
+            expected_digest=shard_digests.get(str(holder)),
         )
     test = placement.is_test
     train_rows = np.flatnonzero(~test)
     owners = np.asarray(holders, dtype=np.int64)[placement.worker[train_rows]]  # placement index -> worker
-    groups = owners // t.workers
-    where = {sid: (int(g), int(j), int(k)) for sid, g, j, k in zip(
-        dataset.ids[train_rows].tolist(), groups.tolist(), owners.tolist(),
-        placement.slice[train_rows].tolist(), strict=True)}
-    return RunPlan(config, tuple(specs), data, dataset.features[test], dataset.labels[test], dataset.num_classes,
-                   dataset.ids[test], where)
+    where = np.stack([owners // t.workers, owners, placement.slice[train_rows], placement.worker[train_rows],
+                      train_rows], axis=1)
+    test_positions = np.flatnonzero(test)
+    return RunPlan(config, tuple(specs), shards, index.num_classes, IdIndex(index.ids[train_rows], where), source,
+                   index.ids[test_positions], index.labels[test_positions], test_positions,
+                   expected_test_digest=(digests or {}).get("test"))
+
+
+def shard_digests(plan: RunPlan) -> dict[str, str]:
+    """The digest of every placement position's rows (read here: used when a run did not record them)."""
+    seen: dict[str, str] = {}
+    index = read_index(plan.source)
+    for shard in plan.shards.values():
+        if shard.holder != NO_HOLDER and str(shard.holder) not in seen:
+            seen[str(shard.holder)] = shard_digest(shard, index)
+    return seen
 
 
 def dataset_digest(dataset: Dataset) -> str:

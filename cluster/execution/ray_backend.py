@@ -25,12 +25,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ostracon.nodes.messages import Assign, Message, Mix
 from ostracon.nodes.seeding import set_deterministic
+from ostracon.nodes.sources import MEMORY, ShardSource, release
 from ostracon.nodes.worker import NO_ANSWER, SENT, Worker, WorkerSpec
 
 from ..config import Config
 from ..config.schema import BackendConfig
 from ..errors import ClusterError
-from .backend import BUSY, DIED, LATE, StepResult, WorkerData, build_worker
+from .backend import BUSY, DIED, LATE, StepResult, build_worker
 from .ray_logs import ray_logging_level, route_driver_messages, stderr_relayed
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,13 @@ def actor_node_id(worker: Worker) -> str:
 class WorkerActor:
     """Hosts one :class:`ostracon.nodes.worker.Worker`; rebuilds the messages whose handles Ray resolved."""
 
-    def __init__(self, spec: WorkerSpec, data: WorkerData, deterministic: bool, threads: int):
+    def __init__(self, spec: WorkerSpec, shard: ShardSource, deterministic: bool, threads: int):
         if deterministic:
             set_deterministic(threads)
-        self.worker = build_worker(spec, data)
+        try:
+            self.worker = build_worker(spec, shard)
+        finally:
+            release()  # keep no copy of a built-in source beyond this worker's rows
 
     @ray.method(num_returns=2)
     def step(self, stage: int, step: int, t: int, kind: str | None, budget: int | None,
@@ -156,12 +160,14 @@ class RayBackend:
         self._busy: dict[int, Any] = {}
         self._placement_group: Any = None
         self._started_ray = False
-        # Constructor arguments stay referenced while the actors live: Ray needs them to restart one.
-        self._init_args: dict[int, Any] = {}
 
     # ----- lifecycle -------------------------------------------------------------------------------
-    def start(self, specs: Sequence[WorkerSpec], data: Mapping[int, WorkerData]) -> None:
+    def start(self, specs: Sequence[WorkerSpec], shards: Mapping[int, ShardSource]) -> None:
         be = self.config.backend
+        if any(shards[s.index].source.source == MEMORY for s in specs):
+            raise ClusterError("the Ray backend's workers read their rows from the source themselves: data given "
+                               "in memory (train(dataset=...)) runs on the local backend only; write it to a "
+                               "parquet or npz file (data.source) for Ray")
         if not ray.is_initialized():
             check_reachable(be)
             try:
@@ -196,9 +202,9 @@ class RayBackend:
                     opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                         placement_group=self._placement_group, placement_group_bundle_index=i
                     )
-                self._init_args[spec.index] = ray.put(data[spec.index])
+                # The shard is a description (a few hundred bytes): the actor reads its own rows.
                 self.actors[spec.index] = actor_cls.options(**opts).remote(
-                    spec, self._init_args[spec.index], self.config.deterministic, self.config.threads
+                    spec, shards[spec.index], self.config.deterministic, self.config.threads
                 )
         # Fail fast (with the actor's own error) if a worker cannot be built or placed.
         try:
@@ -228,7 +234,6 @@ class RayBackend:
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
         self.actors.clear()
-        self._init_args.clear()
         if self._placement_group is not None:
             remove_placement_group(self._placement_group)
             self._placement_group = None

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -24,6 +24,7 @@ import numpy as np
 from ostracon.nodes.data import Dataset
 from ostracon.nodes.durable import file_sha256
 from ostracon.nodes.seeding import set_deterministic
+from ostracon.nodes.sources import NO_HOLDER, SourceIndex
 from ostracon.nodes.worker import Weights, Worker, evaluate, theta_of, weights_digest
 
 from .. import faults
@@ -37,7 +38,7 @@ from ..storage.records import CheckpointInfo, Schedule, VersionRecord, checkpoin
 from .backend import Backend, make_backend
 from .ensemble import ensemble_accuracy
 from .hooks import NO_HOOKS, Hooks
-from .plan import RunPlan, dataset_digest, ids_digest, load_config_dataset, make_plan, stage_rounds
+from .plan import RunPlan, config_source, ids_digest, make_plan, read_config_index, stage_rounds
 from .progress import progress_bar
 from .session import Session, elapsed
 
@@ -63,23 +64,28 @@ def served_worker(plan: RunPlan, group: int) -> int:
 
 def train(config: Config, outdir: str | os.PathLike[str] | None = None, *, backend: Backend | None = None,
           progress: bool = True, hooks: Hooks = NO_HOOKS, dataset: Dataset | None = None,
-          schedule: Schedule | None = None) -> TrainResult:
+          schedule: Schedule | None = None, index: SourceIndex | None = None,
+          exclude: Iterable[str] = (), digests: Mapping[str, Any] | None = None) -> TrainResult:
     """Train every group for every stage; return (and, with ``outdir``, write) the results.
 
     ``outdir`` must be new or empty; it is locked for the run, marked ``INCOMPLETE`` until every
     file is written, and becomes a state directory with a deletion ledger. ``schedule`` (a recorded
     one, from a state directory) is imposed instead of recording timing events: that is how
     ``verify`` retrains a run whose workers missed deadlines. ``hooks.on_round`` is told each round.
+    The workers read their rows from ``config.data`` (``dataset``: rows held by this process instead,
+    local backend only); ``index`` is the source's index when the caller read it already; the ids of
+    ``exclude`` are placed as always but held by no worker (``verify``'s retrain without the deleted),
+    and ``digests`` what a state recorded its source's rows hash to (``make_plan``).
     """
     if outdir is None:
-        return _train(config, None, backend, progress, hooks, dataset, schedule)
+        return _train(config, None, backend, progress, hooks, dataset, schedule, index, exclude, digests)
     outdir = os.fspath(outdir)
     statedir.prepare_new(outdir)
     with statedir.exclusive(outdir, "train"):
         statedir.mark_incomplete(outdir, f"training started {time.strftime('%Y-%m-%d %H:%M:%S')} by pid "
                                          f"{os.getpid()} did not finish")
         try:
-            result = _train(config, outdir, backend, progress, hooks, dataset, schedule)
+            result = _train(config, outdir, backend, progress, hooks, dataset, schedule, index, exclude, digests)
         except BaseException as exc:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {type(exc).__name__}: {exc}"
             statedir.mark_incomplete(outdir, f"training {reason}")
@@ -90,24 +96,29 @@ def train(config: Config, outdir: str | os.PathLike[str] | None = None, *, backe
 
 
 def _train(config: Config, outdir: str | None, backend: Backend | None, progress: bool, hooks: Hooks,
-           dataset: Dataset | None, schedule: Schedule | None) -> TrainResult:
+           dataset: Dataset | None, schedule: Schedule | None, index: SourceIndex | None, exclude: Iterable[str],
+           digests: Mapping[str, Any] | None) -> TrainResult:
     began = time.perf_counter()
     if config.deterministic:
         set_deterministic(config.threads)
-    source = dataset if dataset is not None else load_config_dataset(config)
-    plan = make_plan(config, state_dir=outdir, dataset=source)
+    source = config_source(config, dataset)
+    index = index if index is not None and dataset is None else read_config_index(config, source)
+    plan = make_plan(config, state_dir=outdir, dataset=dataset, index=index, exclude=exclude, digests=digests)
     ledger: Ledger | None = None
     if outdir is not None:
         write_json(os.path.join(outdir, CONFIG_JSON), config.to_dict())
-        ledger = ledger_mod.create(outdir, {"source_digest": dataset_digest(source), "stages": stage_rounds(config),
+        ledger = ledger_mod.create(outdir, {INDEX_DIGEST: index.digest(), "stages": stage_rounds(config),
                                             "config_sha256": _sha256_json(config.to_dict())})
+    del index  # the plan keeps the ids it needs
     backend = backend or make_backend(config)
     checkpoints = CheckpointStore(outdir) if outdir is not None else None
     metrics: list[dict[str, Any]] = []
     # Closed in the finally below, which also stops the backend: one cleanup for both.
     metrics_file: IO[str] | None = open(os.path.join(outdir, METRICS_JSONL), "w") if outdir else None  # noqa: SIM115
     try:
-        backend.start(plan.specs, plan.data)
+        backend.start(plan.specs, plan.shards)
+        if ledger is not None:
+            ledger.set_meta(source_digests(plan, backend))
         session = Session(plan, backend, schedule=copy.deepcopy(schedule) if schedule is not None else Schedule(),
                           replay_schedule=schedule is not None,
                           max_stage_attempts=config.backend.max_restarts + 1)
@@ -182,7 +193,21 @@ def version_record(summary: Mapping[str, Any], checkpoint_index: Mapping[str, Ch
 
 def store_hashes(plan: RunPlan) -> dict[int, str]:
     """sha256 of every worker's ``rows.npz`` as it is on disk now."""
-    return {j: file_sha256(os.path.join(d.store_path, "rows.npz")) for j, d in plan.data.items() if d.store_path}
+    return {j: file_sha256(os.path.join(d.store_path, "rows.npz")) for j, d in plan.shards.items() if d.store_path}
+
+
+INDEX_DIGEST, SHARD_DIGESTS, TEST_DIGEST = "index_digest", "shard_digests", "test_digest"
+
+
+def source_digests(plan: RunPlan, backend: Backend) -> dict[str, object]:
+    """What a state's source must still hash to: each placement position's rows (digested by a worker
+    holding them, from its store: nothing is deleted yet) and the held-out rows (read here)."""
+    first: dict[int, int] = {}
+    for j, shard in sorted(plan.shards.items()):
+        if shard.holder != NO_HOLDER:
+            first.setdefault(shard.holder, j)
+    digests = backend.call(sorted(first.values()), Worker.rows_digest)
+    return {SHARD_DIGESTS: {str(h): digests[j] for h, j in sorted(first.items())}, TEST_DIGEST: plan.test_digest()}
 
 
 def honest_weights(plan: RunPlan, session: Session, groups: list[int] | range) -> dict[int, Weights]:
@@ -248,9 +273,9 @@ def make_summary(plan: RunPlan, session: Session, params: Mapping[int, Weights],
         "worker_digests": worker_digests,
         "group_digests": group_digests,
         "served_workers": {str(g): j for g, j in served.items()},
-        "train_samples": int(sum(len(d.ids) for d in plan.data.values())),
+        "train_samples": int(sum(len(plan.shard_ids(j)) for j in plan.shards)),
         "test_samples": int(len(plan.test_labels)),
-        "data_digest": ids_digest(i for d in plan.data.values() for i in d.ids),
+        "data_digest": ids_digest(i for j in plan.shards for i in plan.shard_ids(j).tolist()),
     }
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..errors import SourceChangedError
 from ..execution.backend import Backend
 from ..execution.hooks import NO_HOOKS, Hooks
 from ..execution.plan import RunPlan
@@ -31,7 +32,7 @@ from .certificates import certificate_path, format_certificate
 from .exact import recover
 from .execute import execute
 from .requests import UnlearningError, parse_request, validate_request
-from .trained import SourceChangedError, open_state
+from .trained import open_state
 from .verify import format_report, verify_state_dir
 
 __all__ = ["SourceChangedError", "UnlearningError", "format_certificate", "format_report", "locate",
@@ -74,4 +75,4 @@ def _as_dict(state_dir: str | os.PathLike[str], cert: Certificate) -> dict[str, 
 
 def locate(plan: RunPlan) -> dict[str, tuple[int, int, int]]:
     """Every training id of the source data -> (group, worker, slice)."""
-    return dict(plan.placement)
+    return plan.placement.as_dict()

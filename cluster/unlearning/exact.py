@@ -90,7 +90,7 @@ def start_workers(st: TrainedState, groups: Sequence[int] | Mapping[int, int] | 
     plan = st.plan
     chosen = plan.groups if groups is None else sorted(groups)
     backend = backend or make_backend(st.config)
-    backend.start([s for s in plan.specs if s.group in chosen], plan.data)
+    backend.start([s for s in plan.specs if s.group in chosen], plan.shards)
     try:
         initial = backend.call([j for g in chosen for j in plan.stateful(g)], Worker.get_state)
     except BaseException:

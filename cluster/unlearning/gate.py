@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ostracon.nodes.sources import read_rows
 from ostracon.nodes.worker import Weights
 
 from ..config import GateConfig
@@ -30,18 +31,16 @@ class GroupData:
 
 
 def rows_of(st: TrainedState, ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(features, labels)`` of ``ids`` from the source data (the driver's copy; used only to evaluate)."""
-    index = {sid: k for k, sid in enumerate(st.source.ids.tolist())}
-    rows = np.asarray([index[i] for i in ids], dtype=np.int64)
-    return st.source.features[rows], st.source.labels[rows]
+    """``(features, labels)`` of ``ids``, read from the source for this evaluation only (never kept)."""
+    return read_rows(st.plan.source, st.index, ids)
 
 
 def retained_rows(st: TrainedState, group: int, exclude: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The group's training rows minus ``exclude`` (the retained data the group trains on)."""
+    """The group's training rows minus ``exclude`` (the retained data the group trains on), read from the
+    source for this evaluation only."""
     excluded = np.asarray(sorted(exclude), dtype=str)
-    parts = [(d.features[~np.isin(d.ids, excluded)], d.labels[~np.isin(d.ids, excluded)])
-             for j, d in sorted(st.plan.data.items()) if st.plan.specs[j].group == group]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    ids = np.concatenate([st.plan.shard_ids(j) for j in st.plan.group_workers(group)])
+    return rows_of(st, ids[~np.isin(ids, excluded)].tolist())
 
 
 def group_data(st: TrainedState, group: int, forget_ids: Collection[str]) -> GroupData:

@@ -14,18 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from ostracon.nodes.data import Dataset
 from ostracon.nodes.durable import file_sha256
 from ostracon.nodes.seeding import set_deterministic
 from ostracon.nodes.shard_store import CorruptStoreError, ShardStore
+from ostracon.nodes.sources import ShardSource, SourceIndex, read_shard
+from ostracon.nodes.sources import SourceChangedError as SourceRowsChanged
 from ostracon.nodes.worker import Weights, Worker, model_weights
 
 from .. import faults
 from ..config import Config, load
-from ..errors import OstraconError, RequestError, StateDirError
-from ..execution.backend import Backend, WorkerData
-from ..execution.plan import RunPlan, dataset_digest, load_config_dataset, make_plan
-from ..execution.training import CONFIG_JSON, model_digests
+from ..errors import RequestError, SourceChangedError, StateDirError
+from ..execution.backend import Backend
+from ..execution.plan import RunPlan, dataset_digest, load_config_dataset, make_plan, read_config_index
+from ..execution.training import CONFIG_JSON, INDEX_DIGEST, SHARD_DIGESTS, TEST_DIGEST, model_digests
 from ..storage import statedir
 from ..storage.checkpoints import CheckpointStore
 from ..storage.ledger import Deletion, Ledger, open_ledger
@@ -40,26 +41,46 @@ RUNTIME_KEYS = ("backend.", "unlearning.method", "unlearning.gate.", "unlearning
                 "unlearning.npo.", "unlearning.rl.", "unlearning.l1_sparse.", "unlearning.salun.", "unlearning.ssd.")
 
 
-class SourceChangedError(OstraconError, RuntimeError):
-    """The source data differs from what the state was trained on: exact deletion is impossible."""
+def recorded_digests(ledger: Ledger) -> dict[str, Any]:
+    """What training recorded the source's rows hash to (``make_plan``'s ``digests``); empty for states
+    trained before workers read their own rows."""
+    return {"shards": ledger.meta(SHARD_DIGESTS) or {}, "test": ledger.meta(TEST_DIGEST)}
+
+
+def check_source(config: Config, ledger: Ledger, index: SourceIndex) -> None:
+    """Refuse a source whose ids, labels or feature layout changed since training (the features of each
+    worker's rows are checked by the worker that reads them, the held-out rows by ``open_state``). A state
+    trained before records one digest of every row instead: it is checked by reading them all."""
+    where = f"{config.data.source}{' ' + config.data.path if config.data.path else ''}"
+    recorded = ledger.meta(INDEX_DIGEST)
+    if recorded is not None:
+        found = index.digest()
+    else:
+        recorded, found = ledger.meta("source_digest"), dataset_digest(load_config_dataset(config))
+    if found != recorded:
+        raise SourceChangedError(
+            f"the source data ({where}) differs from the data this state was trained on (sha256 {found[:16]}... != "
+            f"recorded {str(recorded)[:16]}...); exact deletion and verification need the original data")
 
 
 @dataclass
 class TrainedState:
     """A state directory opened under its lock (``open_state``); ``plan`` gives every worker the source's
-    rows minus every id the ledger deletes (``refresh`` after journaling)."""
+    rows minus every id the ledger deletes (``refresh`` after journaling). ``index``: the source's ids and
+    labels (no features: workers read their own rows)."""
 
     state_dir: str
     config: Config
     ledger: Ledger
-    source: Dataset
+    index: SourceIndex
     plan: RunPlan
     deletions: dict[str, Deletion] = field(default_factory=dict)
 
     def refresh(self) -> None:
         """Re-read the ledger's deletions; the workers' data is the source minus all of them."""
         self.deletions = self.ledger.deletions()
-        self.plan = make_plan(self.config, state_dir=self.state_dir, dataset=self.source, exclude=self.deletions)
+        self.plan = make_plan(self.config, state_dir=self.state_dir, exclude=self.deletions, index=self.index,
+                              digests=recorded_digests(self.ledger))
 
     @property
     def checkpoints(self) -> CheckpointStore:
@@ -104,17 +125,12 @@ def open_state(state_dir: str | os.PathLike[str], overrides: Mapping[str, Any] |
         config = load(config_path, overrides)
         if config.deterministic:
             set_deterministic(config.threads)
-        source = load_config_dataset(config)
-        recorded = ledger.meta("source_digest")
-        found = dataset_digest(source)
-        if found != recorded:
-            raise SourceChangedError(
-                f"the source data ({config.data.source}{' ' + config.data.path if config.data.path else ''}) "
-                f"differs from the data this state was trained on (sha256 {found[:16]}... != recorded "
-                f"{str(recorded)[:16]}...); exact deletion and verification need the original data")
+        index = read_config_index(config)
+        check_source(config, ledger, index)
         deletions = ledger.deletions()
-        plan = make_plan(config, state_dir=state_dir, dataset=source, exclude=deletions)
-        state = TrainedState(state_dir, config, ledger, source, plan, deletions)
+        plan = make_plan(config, state_dir=state_dir, exclude=deletions, index=index, digests=recorded_digests(ledger))
+        plan.test_features  # noqa: B018 - read and checked now: a changed held-out row is refused before anything
+        state = TrainedState(state_dir, config, ledger, index, plan, deletions)
     except BaseException:
         ledger.close()
         raise
@@ -158,7 +174,7 @@ def digests(st: TrainedState, thetas: Mapping[int, Weights]) -> tuple[dict[str, 
 
 
 # ----- shard stores -----------------------------------------------------------------------------------
-def store_dir(data: WorkerData) -> str:
+def store_dir(data: ShardSource) -> str:
     """A trained state's worker keeps its shard in a store directory (plans made without one have none)."""
     if data.store_path is None:
         raise StateDirError("this plan's workers have no store directories: open the state with open_state()")
@@ -172,7 +188,7 @@ def store_problems(st: TrainedState, pending: Collection[str] = frozenset()) -> 
     hashes = st.ledger.store_hashes()
     wanted = st.ids_by_worker()
     problems: dict[int, str] = {}
-    for j, data in sorted(st.plan.data.items()):
+    for j, data in sorted(st.plan.shards.items()):
         rows = ShardStore.rows_file(store_dir(data))
         if not rows.is_file():
             problems[j] = "missing (store directory or rows.npz lost)"
@@ -201,7 +217,7 @@ def stored_ids(st: TrainedState) -> dict[int, np.ndarray]:
     """The ids in each worker's rows.npz as it is on disk (read-only; unreadable stores are left out:
     ``store_problems`` reports them)."""
     out = {}
-    for j, data in sorted(st.plan.data.items()):
+    for j, data in sorted(st.plan.shards.items()):
         rows = ShardStore.rows_file(store_dir(data))
         if not rows.is_file():
             continue
@@ -233,7 +249,7 @@ def sync_stores(st: TrainedState, live: Backend | None = None, *, tolerate_dead_
     pending = {i for r in st.ledger.requests(unfinished_only=True) for i in r.ids}
     changed = []
     for j, problem in store_problems(st, pending).items():
-        data = st.plan.data[j]
+        data = st.plan.shards[j]
         assert data.store_path is not None  # a state directory's workers keep durable stores
         want = wanted.get(j, set())
         if problem.startswith("pending") and file_sha256(ShardStore.rows_file(data.store_path)) == hashes.get(j):
@@ -243,7 +259,11 @@ def sync_stores(st: TrainedState, live: Backend | None = None, *, tolerate_dead_
             log.warning("store of worker %d: %s; rebuilding it from the source data minus the ledger's %d "
                         "deleted id(s)",
                         j, problem, len(want))
-            ShardStore.rebuild(data.store_path, data.ids, data.features, data.labels, data.slices, want)
+            try:
+                rows = read_shard(data)  # its own rows of the source (checked against the recorded digest)
+            except SourceRowsChanged as exc:
+                raise SourceChangedError(f"worker {j}: {exc}") from None
+            ShardStore.rebuild(data.store_path, rows.ids, rows.features, rows.labels, rows.slices, want)
             repairs.append(f"store of worker {j} rebuilt from the ledger ({problem})")
         st.ledger.set_store_hashes({j: file_sha256(ShardStore.rows_file(data.store_path))})
         changed.append(j)

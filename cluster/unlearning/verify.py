@@ -17,17 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SourceChangedError
 from ..execution.training import train
 from ..storage import statedir
 from ..storage.ledger import LedgerError
 from . import certificates
 from .trained import (
-    SourceChangedError,
     TrainedState,
     approximate_problems,
     checkpoint_problems,
     live_ids,
     open_state,
+    recorded_digests,
     state_json_problems,
     store_problems,
     stored_ids,
@@ -147,8 +148,12 @@ def _audit(st: TrainedState, report: dict[str, Any], retrain: bool, allow_approx
         return
     report["checks"].append("retrain")
     log.info("retraining from scratch without the %d deleted id(s) to compare digests", len(published))
-    result = train(st.config, None, progress=False, dataset=st.source.without(published),
-                   schedule=ledger.schedule())
+    try:
+        result = train(st.config, None, progress=False, exclude=published, index=st.index,
+                       schedule=ledger.schedule(), digests=recorded_digests(ledger))
+    except SourceChangedError as exc:  # a worker's rows of the source changed since training
+        _fail(report, "SOURCE_CHANGED", str(exc))
+        return
     got = result.summary
     indebted_workers = {str(j) for key in debt for j in st.plan.group_workers(int(key))}
     for key, expected in sorted(record.group_digests.items()):

@@ -1,0 +1,128 @@
+"""Workers read their own rows (nodes/sources.py): a shard is a description, never rows; npz is
+memory-mapped, integer features keep their dtype until the device, lost stores are rebuilt by their
+worker from the source minus the ledger's ids."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from ostracon.cluster.errors import DataError
+from ostracon.cluster.execution.backend import LocalBackend
+from ostracon.cluster.execution.plan import make_plan
+from ostracon.cluster.execution.training import train
+from ostracon.cluster.unlearning import unlearn_state_dir, verify_state_dir
+from ostracon.nodes.data import load_dataset
+from ostracon.nodes.shard_store import ShardStore
+from ostracon.nodes.sources import map_npz_features, read_features, read_index, read_shard, source_spec
+
+from helpers import SISA, small_config
+
+
+def _digits_npz(path, dtype=np.uint8, compressed=False):
+    """digits as integer pixel counts 0..16 (``dtype``), with string ids."""
+    digits = load_dataset("digits")
+    x = np.rint(digits.features * 16).astype(dtype)
+    ids = np.array([f"img-{i:04d}" for i in range(len(digits))])
+    (np.savez_compressed if compressed else np.savez)(path, X=x, y=digits.labels, ids=ids)
+    return x, digits.labels, ids
+
+
+def _config(path, **data):
+    return small_config(data={"source": "npz", "path": str(path), **data}, **SISA)
+
+
+def test_uncompressed_npz_is_memory_mapped_and_read_by_rows(tmp_path):
+    x, _, _ = _digits_npz(tmp_path / "a.npz")
+    mapped = map_npz_features(tmp_path / "a.npz")
+    assert isinstance(mapped, np.memmap) and mapped.shape == x.shape and mapped.dtype == np.uint8
+    rows = np.array([0, 5, 17, 1796])
+    spec = source_spec(_config(tmp_path / "a.npz").data, seed=0)
+    got = read_features(spec, rows)
+    assert got.dtype == np.uint8 and np.array_equal(got, x[rows])
+    # A compressed archive cannot be mapped: decompressed, then the same rows.
+    _digits_npz(tmp_path / "c.npz", compressed=True)
+    assert map_npz_features(tmp_path / "c.npz") is None
+    assert np.array_equal(read_features(source_spec(_config(tmp_path / "c.npz").data, seed=0), rows), x[rows])
+
+
+def test_float64_features_become_float32_and_are_checked_for_nan(tmp_path):
+    _digits_npz(tmp_path / "f.npz", dtype=np.float64)
+    spec = source_spec(_config(tmp_path / "f.npz").data, seed=0)
+    assert read_features(spec, np.array([1, 2])).dtype == np.float32
+    with np.load(tmp_path / "f.npz") as a:
+        x, y, ids = a["X"].copy(), a["y"], a["ids"]
+    x[3, 0] = np.nan
+    np.savez(tmp_path / "f.npz", X=x, y=y, ids=ids)
+    assert read_features(spec, np.array([1, 2])).shape == (2, 64)  # rows without the NaN read fine
+    with pytest.raises(ValueError, match="key 'X' contains NaN"):
+        read_features(spec, np.array([3]))
+
+
+def test_every_row_is_held_once_and_a_shard_is_a_few_hundred_bytes(tmp_path):
+    _digits_npz(tmp_path / "a.npz")
+    config = _config(tmp_path / "a.npz")
+    plan = make_plan(config)
+    index = read_index(plan.source)
+    held = [read_shard(plan.shards[j], index).ids for j in sorted(plan.shards)]
+    everything = np.concatenate([*held, plan.test_ids])
+    assert sorted(everything.tolist()) == sorted(index.ids.tolist())  # each id once: a worker or the test split
+    for j, ids in enumerate(held):
+        assert sorted(ids.tolist()) == plan.shard_ids(j).tolist()  # the driver's index agrees, without rows
+        assert len(pickle.dumps(plan.shards[j])) < 1024
+    assert "test_features" not in plan.__dict__  # the held-out features are not read until evaluated on
+
+
+def test_uint8_features_train_to_the_same_digests_as_their_float32_copy(tmp_path):
+    x, y, ids = _digits_npz(tmp_path / "u8.npz")
+    np.savez(tmp_path / "f32.npz", X=x.astype(np.float32), y=y, ids=ids)
+    u8 = train(_config(tmp_path / "u8.npz"), tmp_path / "s8", progress=False)
+    f32 = train(_config(tmp_path / "f32.npz"), tmp_path / "s32", progress=False)
+    assert u8.summary["group_digests"] == f32.summary["group_digests"]
+    store = ShardStore.open(tmp_path / "s8" / "stores" / "worker-0")
+    assert store.features.dtype == np.uint8  # stored as the source stores it: 4x smaller than float32
+    assert ShardStore.open(tmp_path / "s32" / "stores" / "worker-0").features.dtype == np.float32
+
+
+def test_a_lost_store_is_rebuilt_by_its_worker_without_the_deleted_rows(tmp_path):
+    _digits_npz(tmp_path / "a.npz")
+    config = _config(tmp_path / "a.npz")
+    state = tmp_path / "state"
+    train(config, state, progress=False)
+    plan = make_plan(config)
+    victims = [i for i in sorted(plan.placement) if plan.placement[i][1] == 0][:3]
+    unlearn_state_dir(state, victims)
+    shutil.rmtree(state / "stores" / "worker-0")
+    deleted_plan = make_plan(config, state_dir=state, exclude=victims)
+    with LocalBackend() as backend:  # the worker itself, from its shard description: no driver-side repair
+        backend.start([deleted_plan.specs[0]], deleted_plan.shards)
+        rebuilt = backend.workers[0].store
+    assert not set(victims) & set(rebuilt.ids.tolist())
+    assert ShardStore.read_tombstones(state / "stores" / "worker-0") == set(victims)
+    assert rebuilt.ids.tolist() == deleted_plan.shard_ids(0).tolist()
+    assert verify_state_dir(state)["ok"]
+
+
+def test_an_unreadable_worker_row_is_one_error_naming_the_worker_and_file(tmp_path):
+    x, y, ids = _digits_npz(tmp_path / "a.npz", dtype=np.float32)
+    config = _config(tmp_path / "a.npz")
+    plan = make_plan(config)
+    victim = int(np.flatnonzero(ids == plan.shard_ids(2)[0])[0])
+    x = x.copy()
+    x[victim, 5] = np.inf
+    np.savez(tmp_path / "a.npz", X=x, y=y, ids=ids)
+    with pytest.raises(DataError, match=r"worker 2 reading its rows of npz .*a\.npz.*NaN or Inf"):
+        train(config, None, progress=False)
+
+
+def test_a_truncated_npz_is_refused_before_any_worker_starts(tmp_path):
+    _digits_npz(tmp_path / "a.npz")
+    raw = (tmp_path / "a.npz").read_bytes()
+    (tmp_path / "a.npz").write_bytes(raw[: len(raw) // 2])
+    assert not zipfile.is_zipfile(tmp_path / "a.npz")
+    with pytest.raises(DataError, match=r"data\.path.*not an \.npz archive"):
+        make_plan(_config(tmp_path / "a.npz"))
