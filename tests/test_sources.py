@@ -126,3 +126,14 @@ def test_a_truncated_npz_is_refused_before_any_worker_starts(tmp_path):
     assert not zipfile.is_zipfile(tmp_path / "a.npz")
     with pytest.raises(DataError, match=r"data\.path.*not an \.npz archive"):
         make_plan(_config(tmp_path / "a.npz"))
+
+
+def test_a_deletion_updates_only_the_shards_holding_its_ids(tmp_path):
+    config = small_config(**SISA)
+    plan = make_plan(config, state_dir=tmp_path)
+    first = [i for i in sorted(plan.placement) if plan.placement[i][1] == 1][:2]
+    second = [i for i in sorted(plan.placement) if plan.placement[i][1] == 3][:1] + first[:1]
+    updated = plan.with_deleted(first).with_deleted(second)
+    assert updated.shards == make_plan(config, state_dir=tmp_path, exclude=first + second).shards
+    assert {j for j in plan.shards if updated.shards[j] is not plan.shards[j]} == {1, 3}
+    assert updated.with_deleted(first).shards == updated.shards  # deleting twice changes nothing

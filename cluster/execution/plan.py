@@ -9,6 +9,7 @@ some ids puts every other sample exactly where it was.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -38,7 +39,7 @@ from ostracon.nodes.worker import HONEST, WORKER_BEHAVIOURS, WorkerSpec, spec_mo
 
 from ..config import Config
 from ..errors import ConfigError, DataError, SourceChangedError
-from .id_index import IdIndex
+from .id_index import HOLDER, IdIndex
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,20 @@ class RunPlan:
 
     def test_digest(self) -> str:
         return rows_digest(self.test_ids, self.test_features, self.test_labels)
+
+    def with_deleted(self, ids: Iterable[str]) -> RunPlan:
+        """This plan with every id of ``ids`` (training ids) held by no worker any more: only the shards
+        holding them change, and nothing is placed again (a deletion costs its ids, not the dataset)."""
+        wanted = sorted(set(ids))
+        rows = self.placement.select(wanted)
+        holders = self.placement.where[rows, HOLDER] if len(rows) else np.zeros(0, dtype=np.int64)
+        by_holder: dict[int, set[str]] = {}
+        for sid, h in zip(wanted, holders.tolist(), strict=True):
+            by_holder.setdefault(int(h), set()).add(sid)
+        shards = {j: dataclasses.replace(s, deleted=tuple(sorted(set(s.deleted) | by_holder[s.holder])))
+                  if s.holder in by_holder and not by_holder[s.holder] <= set(s.deleted) else s
+                  for j, s in self.shards.items()}
+        return dataclasses.replace(self, shards=shards)
 
     def shard_ids(self, worker: int) -> np.ndarray:
         """The ids worker ``worker`` holds (its placement position's minus the deleted), sorted: what its

@@ -77,10 +77,15 @@ class TrainedState:
     deletions: dict[str, Deletion] = field(default_factory=dict)
 
     def refresh(self) -> None:
-        """Re-read the ledger's deletions; the workers' data is the source minus all of them."""
+        """Re-read the ledger's deletions; the workers' data is the source minus all of them (the shards
+        holding new ones are updated; nothing is placed again)."""
+        known = set(self.deletions)
         self.deletions = self.ledger.deletions()
-        self.plan = make_plan(self.config, state_dir=self.state_dir, exclude=self.deletions, index=self.index,
-                              digests=recorded_digests(self.ledger))
+        if set(self.deletions) >= known:
+            self.plan = self.plan.with_deleted(set(self.deletions) - known)
+        else:  # never in practice (deletions are permanent): rebuild from scratch
+            self.plan = make_plan(self.config, state_dir=self.state_dir, exclude=self.deletions, index=self.index,
+                                  digests=recorded_digests(self.ledger))
 
     @property
     def checkpoints(self) -> CheckpointStore:
