@@ -83,7 +83,7 @@ def run(npz: Path, args: argparse.Namespace) -> dict:
         if args.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join([args.pythonpath, env.get("PYTHONPATH", "")])
         began = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "ostracon.cluster.cli", "train", str(config), "-o",
+        child = subprocess.Popen([sys.executable, "-m", "ostracon.cluster.cli", "train", "-c", str(config), "-o",
                                   str(Path(tmp) / "state"), "--no-progress"], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         driver, actors = 0, {}

@@ -208,6 +208,23 @@ def read_shard(shard: ShardSource, index: SourceIndex | None = None) -> Rows:
     return Rows(ids[keep], features[keep], labels[keep], placement.slice[positions][keep])
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out split: rows placed in no worker's shard (ids, features in stored dtype, labels)."""
+
+    ids: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+
+
+@functools.lru_cache(maxsize=1)
+def read_held_out(source: SourceSpec, placement: PlacementSpec) -> HeldOut:
+    """The held-out rows, read once per process (the workers of one process share them)."""
+    index = read_index(source)
+    positions = np.flatnonzero(placement.place(index).is_test)
+    return HeldOut(index.ids[positions], read_features(source, positions), index.labels[positions])
+
+
 def shard_digest(shard: ShardSource, index: SourceIndex | None = None) -> str:
     """The digest :func:`read_shard` checks: every row placed at the shard's position, deleted ones included."""
     full = read_shard(ShardSource(shard.source, shard.placement, shard.holder), index)
@@ -227,6 +244,7 @@ def register_dataset(dataset: Dataset) -> SourceSpec:
 def release() -> None:
     """Forget the built-in dataset this process read last (kept so that workers of one process share it)."""
     _built_in.cache_clear()
+    read_held_out.cache_clear()
 
 
 # ----- built-in sources -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from .messages import Assign, Message, Mix
 from .models import build_model, flat_parameters, load_buffers, load_flat_parameters, model_buffers, model_digest
 from .seeding import derive_seed, generator
 from .shard_store import ShardStore
-from .sources import rows_digest
+from .sources import HeldOut, ShardSource, read_held_out, rows_digest
 
 HONEST = "honest"
 # What a worker's last ``step`` did (the backends report it; the protocol acts on it).
@@ -192,9 +192,10 @@ def initial_parameters(spec: WorkerSpec) -> torch.Tensor:
 class Worker:
     """A node's model and optimiser state over its own :class:`ShardStore`."""
 
-    def __init__(self, spec: WorkerSpec, store: ShardStore):
+    def __init__(self, spec: WorkerSpec, store: ShardStore, shard: ShardSource | None = None):
         self.spec = spec
         self.store = store
+        self.shard = shard  # where its rows (and the held-out rows it evaluates on) come from
         self.device = torch.device(spec.device)
         self.model = spec_model(spec).to(self.device).train()  # buffers (if any) live in the model
         self.theta = flat_parameters(self.model).to(self.device)
@@ -267,6 +268,26 @@ class Worker:
             self.store = ShardStore.open(self.store.path)
             self._data_cache = None
         return len(self.store)
+
+    # ----- evaluation on the held-out split (read here: the rows never travel) ------------------------
+    def _held_out(self) -> HeldOut:
+        if self.shard is None:
+            raise ValueError(f"worker {self.spec.index} was built without a shard source: it cannot read the "
+                             "held-out split")
+        return read_held_out(self.shard.source, self.shard.placement)
+
+    def evaluate_held_out(self) -> tuple[float, float]:
+        """Accuracy and mean cross-entropy of this worker's model on the held-out split (scalars back)."""
+        held = self._held_out()
+        return evaluate(self.spec, self.weights(), held.features, held.labels)
+
+    def held_out_predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        """This worker's model's argmax labels and probabilities on the held-out split (``model_predictions``)."""
+        return model_predictions(probabilities_model(self.spec, self.weights()), self._held_out().features)
+
+    def held_out_digest(self) -> str:
+        held = self._held_out()
+        return rows_digest(held.ids, held.features, held.labels)
 
     def rows_digest(self) -> str:
         """``nodes.sources.rows_digest`` of this worker's live rows (computed here: rows never leave the worker)."""
@@ -647,6 +668,22 @@ def probabilities_model(spec: WorkerSpec, theta: Weights) -> torch.nn.Module:
     load_buffers(model, buffers_of(theta))
     model.eval()
     return model
+
+
+def model_predictions(model: torch.nn.Module, features: np.ndarray,
+                      batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """``(argmax labels int64 (n,), softmax probabilities float32 (n, C))`` of ``model`` on ``features``:
+    what one model contributes to an ensemble's vote (``cluster.execution.ensemble.combine``)."""
+    labels, probabilities = [], []
+    with torch.no_grad():
+        for start in range(0, len(features), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(features[start:start + batch_size], dtype=np.float32))
+            logits = model(x)
+            labels.append(logits.argmax(1))
+            probabilities.append(torch.softmax(logits, 1).to(torch.float32))
+    if not labels:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(labels).numpy().astype(np.int64), torch.cat(probabilities).numpy()
 
 
 def evaluate_model(model: torch.nn.Module, features: np.ndarray, labels: np.ndarray,

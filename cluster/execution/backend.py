@@ -70,7 +70,7 @@ def build_worker(spec: WorkerSpec, shard: ShardSource) -> Worker:
         raise SourceChangedError(f"worker {spec.index}: {exc}") from None
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"worker {spec.index} reading its rows of {shard.source.describe()}: {exc}") from exc
-    return Worker(spec, store)
+    return Worker(spec, store, shard)
 
 
 # Why a worker's vector is missing from a round (``StepResult.failures``). LATE and BUSY depend on
@@ -204,6 +204,7 @@ class LocalBackend:
 
     def shutdown(self) -> None:
         self.workers.clear()
+        release()
 
 
 BACKENDS = ("local", "ray")

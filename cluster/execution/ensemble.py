@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ostracon.nodes.worker import Weights, WorkerSpec, probabilities_model
+from ostracon.nodes.worker import Weights, WorkerSpec, model_predictions, probabilities_model
 
 
 def predict(specs: Sequence[WorkerSpec], thetas: Sequence[Weights], features: np.ndarray,
@@ -25,28 +25,35 @@ def predict_with_probabilities(specs: Sequence[WorkerSpec], thetas: Sequence[Wei
                                vote: str = "majority", batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """``(labels int64 (n,), probabilities float32 (n, C))``: labels by ``vote``, probabilities the
     mean softmax over the group models (what ``mean_proba`` votes on)."""
+    check_vote(vote)
+    each = [model_predictions(probabilities_model(s, th), features, batch_size)
+            for s, th in zip(specs, thetas, strict=True)]
+    return combine(each, vote, specs[0].num_classes)
+
+
+def check_vote(vote: str) -> None:
     if vote not in ("majority", "mean_proba"):
         raise ValueError(f"unknown vote {vote!r}; choose majority or mean_proba")
-    models = [probabilities_model(s, th) for s, th in zip(specs, thetas, strict=True)]
-    num_classes = specs[0].num_classes
-    labels, probabilities = [], []
-    with torch.no_grad():
-        for start in range(0, len(features), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(features[start:start + batch_size], dtype=np.float32))
-            logits = [m(x) for m in models]
-            probs = torch.stack([torch.softmax(z, 1) for z in logits]).mean(0)
-            if vote == "majority":
-                votes = torch.zeros(x.shape[0], num_classes, dtype=torch.int64)
-                for z in logits:
-                    votes[torch.arange(x.shape[0]), z.argmax(1)] += 1
-                # argmax returns the first maximum: ties go to the smallest class index.
-                labels.append(votes.argmax(1))
-            else:
-                labels.append(probs.argmax(1))
-            probabilities.append(probs.to(torch.float32))
-    if not labels:
+
+
+def combine(each: Sequence[tuple[np.ndarray, np.ndarray]], vote: str,
+            num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ensemble's ``(labels, mean probabilities)`` from each group model's ``(argmax labels,
+    probabilities)`` (``nodes.worker.model_predictions``, computed where the model lives)."""
+    check_vote(vote)
+    n = len(each[0][0]) if each else 0
+    if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, num_classes), dtype=np.float32)
-    return torch.cat(labels).numpy().astype(np.int64), torch.cat(probabilities).numpy()
+    probs = torch.stack([torch.from_numpy(np.asarray(p)) for _, p in each]).mean(0)
+    if vote == "majority":
+        votes = torch.zeros(n, num_classes, dtype=torch.int64)
+        for labels, _ in each:
+            votes[torch.arange(n), torch.from_numpy(np.asarray(labels))] += 1
+        # argmax returns the first maximum: ties go to the smallest class index.
+        chosen = votes.argmax(1)
+    else:
+        chosen = probs.argmax(1)
+    return chosen.numpy().astype(np.int64), probs.to(torch.float32).numpy()
 
 
 def ensemble_accuracy(specs, thetas, features, labels, vote: str = "majority") -> float:

@@ -63,7 +63,17 @@ class RunPlan:
 
     @functools.cached_property
     def test_features(self) -> np.ndarray:
-        """The held-out rows' features (read from the source once, checked against the recorded digest)."""
+        """The held-out rows' features, read from the source on first use and kept (tools, the demo and
+        the approximate gate's metrics; training evaluates on the workers), checked against the recorded
+        digest."""
+        return self._read_held_out()
+
+    def check_held_out(self) -> None:
+        """Read the held-out rows and check them against the recorded digest, keeping nothing."""
+        if self.expected_test_digest is not None and "test_features" not in self.__dict__:
+            self._read_held_out()
+
+    def _read_held_out(self) -> np.ndarray:
         features = read_features(self.source, self.test_positions)
         if self.expected_test_digest is not None:
             found = rows_digest(self.test_ids, features, self.test_labels)
@@ -73,9 +83,6 @@ class RunPlan:
                     f"(sha256 {found[:16]}... != recorded {self.expected_test_digest[:16]}...); exact deletion and "
                     "verification need the original data")
         return features
-
-    def test_digest(self) -> str:
-        return rows_digest(self.test_ids, self.test_features, self.test_labels)
 
     def with_deleted(self, ids: Iterable[str]) -> RunPlan:
         """This plan with every id of ``ids`` (training ids) held by no worker any more: only the shards

@@ -25,7 +25,7 @@ from ostracon.nodes.data import Dataset
 from ostracon.nodes.durable import file_sha256
 from ostracon.nodes.seeding import set_deterministic
 from ostracon.nodes.sources import NO_HOLDER, SourceIndex
-from ostracon.nodes.worker import Weights, Worker, evaluate, theta_of, weights_digest
+from ostracon.nodes.worker import Weights, Worker, theta_of, weights_digest
 
 from .. import faults
 from ..config import Config
@@ -36,7 +36,7 @@ from ..storage.ledger import Ledger
 from ..storage.outputs import METRICS_JSONL, SUMMARY_JSON, write_accuracy_plot, write_json, write_state_json
 from ..storage.records import CheckpointInfo, Schedule, VersionRecord, checkpoint_key
 from .backend import Backend, make_backend
-from .ensemble import ensemble_accuracy
+from .ensemble import combine
 from .hooks import NO_HOOKS, Hooks
 from .plan import RunPlan, config_source, ids_digest, make_plan, read_config_index, stage_rounds
 from .progress import progress_bar
@@ -201,13 +201,15 @@ INDEX_DIGEST, SHARD_DIGESTS, TEST_DIGEST = "index_digest", "shard_digests", "tes
 
 def source_digests(plan: RunPlan, backend: Backend) -> dict[str, object]:
     """What a state's source must still hash to: each placement position's rows (digested by a worker
-    holding them, from its store: nothing is deleted yet) and the held-out rows (read here)."""
+    holding them, from its store: nothing is deleted yet) and the held-out rows (by a worker too)."""
     first: dict[int, int] = {}
     for j, shard in sorted(plan.shards.items()):
         if shard.holder != NO_HOLDER:
             first.setdefault(shard.holder, j)
     digests = backend.call(sorted(first.values()), Worker.rows_digest)
-    return {SHARD_DIGESTS: {str(h): digests[j] for h, j in sorted(first.items())}, TEST_DIGEST: plan.test_digest()}
+    some = min(plan.shards)
+    test = backend.call([some], Worker.held_out_digest)[some]
+    return {SHARD_DIGESTS: {str(h): digests[j] for h, j in sorted(first.items())}, TEST_DIGEST: test}
 
 
 def honest_weights(plan: RunPlan, session: Session, groups: list[int] | range) -> dict[int, Weights]:
@@ -236,10 +238,10 @@ def _sha256_json(obj: object) -> str:
 
 def evaluation_record(plan: RunPlan, session: Session, round_: int, began: float) -> dict:
     session.flush(plan.groups)
-    params = honest_weights(plan, session, plan.groups)
-    acc, loss = {}, {}
-    for j, theta in sorted(params.items()):
-        acc[j], loss[j] = evaluate(plan.specs[j], theta, plan.test_features, plan.test_labels)
+    # Each worker evaluates its own model on the held-out rows it reads itself: scalars come back.
+    scores = session.backend.call([j for g in plan.groups for j in plan.honest(g)], Worker.evaluate_held_out)
+    acc = {j: a for j, (a, _) in sorted(scores.items())}
+    loss = {j: v for j, (_, v) in sorted(scores.items())}
     return {
         "round": round_,
         "accuracy": {str(j): _finite(a) for j, a in acc.items()},
@@ -257,9 +259,10 @@ def make_summary(plan: RunPlan, session: Session, params: Mapping[int, Weights],
     served = {g: served_worker(plan, g) for g in plan.groups}
     ensemble = None
     if len(plan.test_labels):
-        ensemble = round(ensemble_accuracy([plan.specs[served[g]] for g in plan.groups],
-                                           [params[served[g]] for g in plan.groups],
-                                           plan.test_features, plan.test_labels, config.unlearning.vote), 6)
+        # The served workers' votes on the held-out rows (computed where the models are; no rows move).
+        each = session.backend.call(sorted(set(served.values())), Worker.held_out_predictions)
+        labels, _ = combine([each[served[g]] for g in plan.groups], config.unlearning.vote, plan.num_classes)
+        ensemble = round(float((labels == plan.test_labels).mean()), 6)
     failures = sum(len(m["failures"]) for m in metrics)
     worker_digests, group_digests = model_digests(plan, params)
     return {
