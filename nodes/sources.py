@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,19 +210,51 @@ def read_shard(shard: ShardSource, index: SourceIndex | None = None) -> Rows:
 
 @dataclass(frozen=True)
 class HeldOut:
-    """The held-out split: rows placed in no worker's shard (ids, features in stored dtype, labels)."""
+    """Held-out rows (in no worker's shard): ids, features in stored dtype, labels."""
 
     ids: np.ndarray
     features: np.ndarray
     labels: np.ndarray
 
 
+HELD_OUT_CHUNK = 16384  # rows read at a time: a multiple of evaluation's 4096-row batches (same sums)
+
+
 @functools.lru_cache(maxsize=1)
-def read_held_out(source: SourceSpec, placement: PlacementSpec) -> HeldOut:
-    """The held-out rows, read once per process (the workers of one process share them)."""
+def _held_out_index(source: SourceSpec, placement: PlacementSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, labels, source positions) of the held-out rows, in source order."""
     index = read_index(source)
     positions = np.flatnonzero(placement.place(index).is_test)
-    return HeldOut(index.ids[positions], read_features(source, positions), index.labels[positions])
+    return index.ids[positions], index.labels[positions], positions
+
+
+@functools.lru_cache(maxsize=1)
+def _small_held_out(source: SourceSpec, placement: PlacementSpec) -> HeldOut:
+    ids, labels, positions = _held_out_index(source, placement)
+    return HeldOut(ids, read_features(source, positions), labels)
+
+
+def iter_held_out(source: SourceSpec, placement: PlacementSpec, chunk_rows: int = HELD_OUT_CHUNK) -> Iterator[HeldOut]:
+    """The held-out rows in source order, ``chunk_rows`` at a time: a large split is streamed (read again
+    at each evaluation, never held whole); one chunk or less is read once per process and kept."""
+    ids, labels, positions = _held_out_index(source, placement)
+    if len(positions) <= chunk_rows:
+        yield _small_held_out(source, placement)
+        return
+    for start in range(0, len(positions), chunk_rows):
+        part = slice(start, start + chunk_rows)
+        yield HeldOut(ids[part], read_features(source, positions[part]), labels[part])
+
+
+def held_out_digest(source: SourceSpec, placement: PlacementSpec) -> str:
+    """sha256 over the held-out rows in source order (ids, labels, features and their dtype), streamed."""
+    h = hashlib.sha256()
+    for chunk in iter_held_out(source, placement):
+        h.update("\n".join(chunk.ids.tolist()).encode() + b"\0")
+        h.update(np.ascontiguousarray(chunk.labels, dtype="<i8").tobytes())
+        h.update(f"{chunk.features.dtype.str}|{chunk.features.shape[1:]}".encode())
+        h.update(np.ascontiguousarray(chunk.features).tobytes())
+    return h.hexdigest()
 
 
 def shard_digest(shard: ShardSource, index: SourceIndex | None = None) -> str:
@@ -244,7 +276,8 @@ def register_dataset(dataset: Dataset) -> SourceSpec:
 def release() -> None:
     """Forget the built-in dataset this process read last (kept so that workers of one process share it)."""
     _built_in.cache_clear()
-    read_held_out.cache_clear()
+    _held_out_index.cache_clear()
+    _small_held_out.cache_clear()
 
 
 # ----- built-in sources -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from .messages import Assign, Message, Mix
 from .models import build_model, flat_parameters, load_buffers, load_flat_parameters, model_buffers, model_digest
 from .seeding import derive_seed, generator
 from .shard_store import ShardStore
-from .sources import HeldOut, ShardSource, read_held_out, rows_digest
+from .sources import HeldOut, ShardSource, held_out_digest, iter_held_out, rows_digest
 
 HONEST = "honest"
 # What a worker's last ``step`` did (the backends report it; the protocol acts on it).
@@ -270,24 +270,30 @@ class Worker:
         return len(self.store)
 
     # ----- evaluation on the held-out split (read here: the rows never travel) ------------------------
-    def _held_out(self) -> HeldOut:
+    def _held_out(self) -> Iterator[HeldOut]:
         if self.shard is None:
             raise ValueError(f"worker {self.spec.index} was built without a shard source: it cannot read the "
                              "held-out split")
-        return read_held_out(self.shard.source, self.shard.placement)
+        return iter_held_out(self.shard.source, self.shard.placement)
 
     def evaluate_held_out(self) -> tuple[float, float]:
         """Accuracy and mean cross-entropy of this worker's model on the held-out split (scalars back)."""
-        held = self._held_out()
-        return evaluate(self.spec, self.weights(), held.features, held.labels)
+        model = probabilities_model(self.spec, self.weights())
+        return evaluate_batches(model, ((h.features, h.labels) for h in self._held_out()))
 
     def held_out_predictions(self) -> tuple[np.ndarray, np.ndarray]:
         """This worker's model's argmax labels and probabilities on the held-out split (``model_predictions``)."""
-        return model_predictions(probabilities_model(self.spec, self.weights()), self._held_out().features)
+        model = probabilities_model(self.spec, self.weights())
+        parts = [model_predictions(model, h.features) for h in self._held_out()]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def held_out_digest(self) -> str:
-        held = self._held_out()
-        return rows_digest(held.ids, held.features, held.labels)
+        """``nodes.sources.held_out_digest`` of the split this worker evaluates on."""
+        if self.shard is None:
+            raise ValueError(f"worker {self.spec.index} was built without a shard source")
+        return held_out_digest(self.shard.source, self.shard.placement)
 
     def rows_digest(self) -> str:
         """``nodes.sources.rows_digest`` of this worker's live rows (computed here: rows never leave the worker)."""
@@ -688,19 +694,28 @@ def model_predictions(model: torch.nn.Module, features: np.ndarray,
 
 def evaluate_model(model: torch.nn.Module, features: np.ndarray, labels: np.ndarray,
                    batch_size: int = 4096) -> tuple[float, float]:
-    if len(labels) == 0:
-        return float("nan"), float("nan")
-    correct, loss_sum = 0, 0.0
+    return evaluate_batches(model, [(features, labels)], batch_size)
+
+
+def evaluate_batches(model: torch.nn.Module, chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+                     batch_size: int = 4096) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` over ``(features, labels)`` chunks read one at a time
+    (chunks whose sizes are multiples of ``batch_size`` give the sums of one array, bit for bit)."""
+    correct, loss_sum, count = 0, 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(features[start:start + batch_size], dtype=np.float32))
-            y = torch.from_numpy(np.ascontiguousarray(labels[start:start + batch_size], dtype=np.int64))
-            logits = model(x)
-            if not torch.isfinite(logits).all():
-                return 0.0, float("inf")
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-    return correct / len(labels), loss_sum / len(labels)
+        for features, labels in chunks:
+            count += len(labels)
+            for start in range(0, len(labels), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(features[start:start + batch_size], dtype=np.float32))
+                y = torch.from_numpy(np.ascontiguousarray(labels[start:start + batch_size], dtype=np.int64))
+                logits = model(x)
+                if not torch.isfinite(logits).all():
+                    return 0.0, float("inf")
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+    if count == 0:
+        return float("nan"), float("nan")
+    return correct / count, loss_sum / count
 
 
 def _cross_entropy_on(labels: torch.Tensor, idx: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

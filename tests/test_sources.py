@@ -137,3 +137,21 @@ def test_a_deletion_updates_only_the_shards_holding_its_ids(tmp_path):
     assert updated.shards == make_plan(config, state_dir=tmp_path, exclude=first + second).shards
     assert {j for j in plan.shards if updated.shards[j] is not plan.shards[j]} == {1, 3}
     assert updated.with_deleted(first).shards == updated.shards  # deleting twice changes nothing
+
+
+def test_a_large_held_out_split_is_streamed_and_scores_as_one_array():
+    import torch
+
+    from ostracon.nodes.sources import iter_held_out
+    from ostracon.nodes.worker import evaluate_batches, evaluate_model
+
+    config = small_config(data={"source": "synthetic", "samples": 30000, "features": 8, "test_fraction": 0.4})
+    plan = make_plan(config)
+    assert len(plan.test_ids) > 2 * 4096
+    chunks = list(iter_held_out(plan.source, plan.rule, chunk_rows=4096))
+    assert len(chunks) > 2 and all(len(c.ids) == 4096 for c in chunks[:-1])
+    assert np.array_equal(np.concatenate([c.ids for c in chunks]), plan.test_ids)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 10))
+    whole = evaluate_model(model, plan.test_features, plan.test_labels)
+    assert evaluate_batches(model, ((c.features, c.labels) for c in chunks)) == whole  # bit for bit

@@ -28,10 +28,10 @@ from ostracon.nodes.sources import (
     ShardSource,
     SourceIndex,
     SourceSpec,
+    held_out_digest,
     read_features,
     read_index,
     register_dataset,
-    rows_digest,
     shard_digest,
     source_spec,
 )
@@ -59,6 +59,7 @@ class RunPlan:
     test_ids: np.ndarray
     test_labels: np.ndarray
     test_positions: np.ndarray
+    rule: PlacementSpec
     expected_test_digest: str | None = None
 
     @functools.cached_property
@@ -69,20 +70,19 @@ class RunPlan:
         return self._read_held_out()
 
     def check_held_out(self) -> None:
-        """Read the held-out rows and check them against the recorded digest, keeping nothing."""
-        if self.expected_test_digest is not None and "test_features" not in self.__dict__:
-            self._read_held_out()
+        """Check the held-out rows against the recorded digest, streaming them (nothing is kept)."""
+        if self.expected_test_digest is None:
+            return
+        found = held_out_digest(self.source, self.rule)
+        if found != self.expected_test_digest:
+            raise SourceChangedError(
+                f"the held-out rows of {self.source.describe()} differ from those this state was trained on "
+                f"(sha256 {found[:16]}... != recorded {self.expected_test_digest[:16]}...); exact deletion and "
+                "verification need the original data")
 
     def _read_held_out(self) -> np.ndarray:
-        features = read_features(self.source, self.test_positions)
-        if self.expected_test_digest is not None:
-            found = rows_digest(self.test_ids, features, self.test_labels)
-            if found != self.expected_test_digest:
-                raise SourceChangedError(
-                    f"the held-out rows of {self.source.describe()} differ from those this state was trained on "
-                    f"(sha256 {found[:16]}... != recorded {self.expected_test_digest[:16]}...); exact deletion and "
-                    "verification need the original data")
-        return features
+        self.check_held_out()
+        return read_features(self.source, self.test_positions)
 
     def with_deleted(self, ids: Iterable[str]) -> RunPlan:
         """This plan with every id of ``ids`` (training ids) held by no worker any more: only the shards
@@ -284,7 +284,7 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
                       train_rows], axis=1)
     test_positions = np.flatnonzero(test)
     return RunPlan(config, tuple(specs), shards, index.num_classes, IdIndex(index.ids[train_rows], where), source,
-                   index.ids[test_positions], index.labels[test_positions], test_positions,
+                   index.ids[test_positions], index.labels[test_positions], test_positions, rule,
                    expected_test_digest=(digests or {}).get("test"))
 
 
