@@ -1,14 +1,15 @@
 """Where the rows live: peak memory of the driver and of each worker actor while `ostracon train` runs on Ray.
 
-    python bench/data_path.py [--rows 80000] [--workers 20] [--rounds 2] [--pythonpath DIR] [--out FILE]
+    python bench/data_path.py [--rows 10000,80000,320000] [--format npz|parquet] [--workers 20] [--rounds 2]
+                              [--pythonpath DIR] [--data-dir DIR] [--out FILE]
 
-Writes a CIFAR-sized npz (``--rows`` rows of 3x32x32 uint8 pixels, 10 classes, seeded noise: only
-sizes matter here), then runs ``ostracon train`` on it with the Ray backend (a local Ray cluster,
-``logreg``, ``--rounds`` rounds, one group of ``--workers`` workers) as a child process, and samples
-every 0.2 s the peak resident set (``VmHWM`` in ``/proc/PID/status``, Linux) of the driver (the CLI
-process) and of every worker actor (processes titled ``ray::WorkerActor``). ``--pythonpath`` runs
-another build of ostracon (e.g. ``pip install --no-deps --target DIR <old checkout>``) for a
-before/after table on the same file.
+For each size, writes a CIFAR-sized dataset (rows of 3x32x32 uint8 pixels, 10 classes, seeded noise:
+only sizes matter here; npz or one parquet file), then runs ``ostracon train`` on it with the Ray
+backend (a local Ray cluster, ``logreg``, ``--rounds`` rounds, one group of ``--workers`` workers)
+as a child process, and samples every 0.2 s the peak resident set (``VmHWM`` in
+``/proc/PID/status``, Linux) of the driver (the CLI process) and of every worker actor (processes
+titled ``ray::WorkerActor``). ``--pythonpath`` runs another build of ostracon (e.g.
+``pip install --no-deps --target DIR <old checkout>``) for a before/after table on the same files.
 """
 
 from __future__ import annotations
@@ -26,20 +27,29 @@ from pathlib import Path
 import numpy as np
 
 
-def write_npz(path: Path, rows: int, seed: int) -> None:
+def write_data(path: Path, rows: int, seed: int, fmt: str) -> None:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, size=(rows, 3, 32, 32), dtype=np.uint8)
     y = rng.integers(0, 10, size=rows).astype(np.int64)
-    np.savez(path, X=x, y=y)
+    if fmt == "npz":
+        np.savez(path, X=x, y=y)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 3 * 32 * 32)
+    pq.write_table(pa.table({"id": pa.array(np.arange(rows)), "label": pa.array(y), "features": flat}), path,
+                   row_group_size=8192)
 
 
-def config_text(npz: Path, workers: int, rounds: int) -> str:
+def config_text(data: Path, fmt: str, workers: int, rounds: int) -> str:
+    shape = 'shape = [3, 32, 32]\n' if fmt == "parquet" else ""
     return f"""
 seed = 0
 [data]
-source = "npz"
-path = "{npz}"
-test_fraction = 0.1
+source = "{fmt}"
+path = "{data}"
+{shape}test_fraction = 0.1
 [model]
 name = "logreg"
 [training]
@@ -49,6 +59,7 @@ eval_every = {rounds}
 batch_size = 32
 [backend]
 name = "ray"
+start_timeout_s = 900
 """
 
 
@@ -75,10 +86,10 @@ def actor_pids() -> list[int]:
     return found
 
 
-def run(npz: Path, args: argparse.Namespace) -> dict:
+def run(data: Path, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.toml"
-        config.write_text(config_text(npz, args.workers, args.rounds))
+        config.write_text(config_text(data, args.format, args.workers, args.rounds))
         env = dict(os.environ)
         if args.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join([args.pythonpath, env.get("PYTHONPATH", "")])
@@ -96,45 +107,50 @@ def run(npz: Path, args: argparse.Namespace) -> dict:
         wall = time.perf_counter() - began
         if child.returncode != 0:
             raise SystemExit(f"ostracon train failed ({child.returncode}):\n{output}")
-        summary = json.loads((Path(tmp) / "state" / "summary.json").read_text())
+        first = json.loads((Path(tmp) / "state" / "metrics.jsonl").read_text().splitlines()[0])
     return {"driver_mib": driver / 1024, "actors": len(actors),
             "actor_max_mib": max(actors.values(), default=0) / 1024,
-            "actor_sum_mib": sum(actors.values()) / 1024, "wall_s": wall,
-            "accuracy": summary["honest_test_accuracy"]["mean"]}
+            "actor_sum_mib": sum(actors.values()) / 1024, "wall_s": wall, "first_round_s": first["elapsed_s"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=80000)
+    parser.add_argument("--rows", default="10000,80000,320000", help="comma-separated dataset sizes")
+    parser.add_argument("--format", choices=("npz", "parquet"), default="npz")
     parser.add_argument("--workers", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pythonpath", default="", help="run the ostracon importable from this directory")
-    parser.add_argument("--data", help="reuse (or write) the npz here instead of a temporary file")
+    parser.add_argument("--data-dir", help="keep (and reuse) the generated datasets here")
     parser.add_argument("--out", help="also write the table here")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        npz = Path(args.data) if args.data else Path(tmp) / "cifar_sized.npz"
-        if not npz.exists():
-            write_npz(npz, args.rows, args.seed)
-        size_mib = npz.stat().st_size / 2**20
-        result = run(npz, args)
     build = args.pythonpath or "this checkout"
     lines = [
-        f"# data path: `ostracon train` on Ray, npz of {args.rows} x 3x32x32 uint8 ({size_mib:.0f} MiB on disk)",
+        f"# data path: `ostracon train` on Ray over {args.format} files of 3x32x32 uint8 rows",
         "",
         f"config: logreg, 1 group x {args.workers} workers, {args.rounds} rounds, test_fraction 0.1; "
         f"build: {build}; python {platform.python_version()}, {os.cpu_count()} CPUs",
         "",
-        "| driver peak RSS (MiB) | actors | actor peak RSS max (MiB) | actors' peaks summed (MiB) | wall (s) |",
-        "|---:|---:|---:|---:|---:|",
-        f"| {result['driver_mib']:.0f} | {result['actors']} | {result['actor_max_mib']:.0f} | "
-        f"{result['actor_sum_mib']:.0f} | {result['wall_s']:.1f} |",
+        "| rows | on disk (MiB) | float32 size (MiB) | driver peak RSS (MiB) | actor peak RSS, max (MiB) | "
+        "actors' peaks summed (MiB) | first round at (s) | wall (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    table = "\n".join(lines)
-    print(table)
+    print("\n".join(lines), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(args.data_dir) if args.data_dir else Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        for rows in (int(r) for r in args.rows.split(",")):
+            data = where / f"rows{rows}.{args.format}"
+            if not data.exists():
+                write_data(data, rows, args.seed, args.format)
+            r = run(data, args)
+            line = (f"| {rows} | {data.stat().st_size / 2**20:.0f} | {rows * 3072 * 4 / 2**20:.0f} | "
+                    f"{r['driver_mib']:.0f} | {r['actor_max_mib']:.0f} | {r['actor_sum_mib']:.0f} | "
+                    f"{r['first_round_s']:.1f} | {r['wall_s']:.1f} |")
+            print(line, flush=True)
+            lines.append(line)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        Path(args.out).write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -137,7 +137,11 @@ def _labels(name: str, column: Any) -> np.ndarray:
     return labels
 
 
-def _features(name: str, column: Any, shape: tuple[int, ...], keep_integers: bool = False) -> np.ndarray:
+def _features(name: str, column: Any, shape: tuple[int, ...], keep_integers: bool = False,
+              rows: np.ndarray | None = None, width: tuple[int, str] | None = None) -> np.ndarray:
+    """The rows of ``column`` as an array ``(rows, *shape)``. ``rows``: each row's number in the file, for
+    messages (default 0, 1, ...); ``width``: without ``shape``, the length every row must have and where it
+    comes from (default: this column's first row)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -147,23 +151,65 @@ def _features(name: str, column: Any, shape: tuple[int, ...], keep_integers: boo
     inner = kind.value_type
     if not (pa.types.is_integer(inner) or pa.types.is_floating(inner)):
         raise ValueError(f"{name}: column 'features' must hold numbers, got lists of {inner}")
-    rows = len(column)
+    count = len(column)
+
+    def row(k: int) -> int:
+        return int(rows[k]) if rows is not None else int(k)
+
     if column.null_count:
-        raise ValueError(f"{name}: column 'features' has {column.null_count} null row(s)")
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False) if rows else np.zeros(0, dtype=np.int64)
-    width = math.prod(shape) if shape else (int(lengths[0]) if rows else 0)
-    bad = np.flatnonzero(lengths != width)
+        first = int(np.flatnonzero(np.asarray(pc.is_null(column)))[0])
+        raise ValueError(f"{name}: column 'features' has {column.null_count} null row(s) (row {row(first)})")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False) if count else np.zeros(0, dtype=np.int64)
+    if shape:
+        size, wanted = math.prod(shape), f"data.shape = {list(shape)} needs {math.prod(shape)}"
+    elif width is not None:
+        size, wanted = width[0], f"{width[1]} has {width[0]}"
+    else:
+        size = int(lengths[0]) if count else 0
+        wanted = f"the first row has {size}"
+    bad = np.flatnonzero(lengths != size)
     if bad.size:
-        wanted = f"data.shape = {list(shape)} needs {width}" if shape else f"the first row has {width}"
-        raise ValueError(f"{name}: column 'features': row {int(bad[0])} has {int(lengths[bad[0]])} values; {wanted}")
-    values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
-    if values.size != rows * width:  # nulls inside a row's list
-        raise ValueError(f"{name}: column 'features' has null values inside rows")
+        raise ValueError(f"{name}: column 'features': row {row(int(bad[0]))} has {int(lengths[bad[0]])} values; "
+                         f"{wanted}")
+    flat = pc.list_flatten(column)
+    if flat.null_count:  # every row holds `size` values now: value k is row k // size's
+        first = int(np.flatnonzero(np.asarray(pc.is_null(flat)))[0])
+        raise ValueError(f"{name}: column 'features' has null values inside rows (row {row(first // size)})")
+    values = flat.to_numpy(zero_copy_only=False)
     kept = values.dtype if keep_integers and values.dtype.kind in "iu" else np.float32
-    x: np.ndarray = values.astype(kept).reshape((rows, *(shape or (width,))))
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise ValueError(f"{name}: column 'features' contains NaN or Inf")
+    x: np.ndarray = values.astype(kept).reshape((count, *(shape or (size,))))
+    if x.dtype.kind == "f":
+        finite = np.isfinite(x.reshape(count, -1)).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"{name}: column 'features' contains NaN or Inf (row {row(int(np.argmin(finite)))})")
     return x
+
+
+def _first_width(name: str, parquet: Any) -> int:
+    """The length of the first row's features (read from the schema for a fixed-size list): without
+    ``data.shape`` every row must have it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = parquet.schema_arrow.field(FEATURES).type
+    if pa.types.is_fixed_size_list(kind):
+        return int(kind.list_size)
+    for batch in parquet.iter_batches(batch_size=1, columns=[FEATURES]):
+        if batch.num_rows:
+            head = batch.column(0)
+            if head.null_count:
+                raise ValueError(f"{name}: column 'features' has null row(s) (row 0); without data.shape the "
+                                 "first row gives every row's length")
+            return int(pc.list_value_length(head)[0].as_py())
+    return 0
+
+
+def _kept_dtype(kinds: set[np.dtype]) -> np.dtype:
+    """The features' dtype over files whose value types are ``kinds``: one integer type is kept, anything
+    else is float32."""
+    if len(kinds) == 1 and next(iter(kinds)).kind in "iu":
+        return next(iter(kinds))
+    return np.dtype(np.float32)
 
 
 # ----- reading by parts: the index (ids and labels) once, then only a worker's rows ------------------
@@ -191,8 +237,7 @@ def read_parquet_index(path: str | os.PathLike[str], shape: Sequence[int] = ()
                 kinds.add(_feature_value_type(name, schema.field(FEATURES).type))
                 table = parquet.read(columns=[ID, LABEL])
                 if first_width is None and not want and parquet.metadata.num_rows:
-                    head = next(parquet.iter_batches(batch_size=1, columns=[FEATURES]))
-                    first_width = len(head.column(0)[0].values)
+                    first_width = _first_width(name, parquet)
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             raise ValueError(f"{name}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
         ids_parts.append(_ids(name, table.column(ID)))
@@ -205,51 +250,63 @@ def read_parquet_index(path: str | os.PathLike[str], shape: Sequence[int] = ()
     num_classes = int(labels.max()) + 1
     if num_classes < 2:
         raise ValueError(f"{path}: column 'label' holds only label 0; a classifier needs at least 2 classes")
-    integer = {k.kind for k in kinds} <= set("iu") and len(kinds) == 1
-    dtype = next(iter(kinds)) if integer else np.dtype(np.float32)
-    return ids, labels, num_classes, want or (first_width or 0,), dtype
+    return ids, labels, num_classes, want or (first_width or 0,), _kept_dtype(kinds)
 
 
 def read_parquet_features(path: str | os.PathLike[str], shape: Sequence[int], positions: np.ndarray,
                           batch_rows: int = 8192) -> np.ndarray:
     """The features of the rows at ``positions`` (ascending, over the files in sorted order), streamed one
-    record batch at a time; files holding none of them are not read."""
+    record batch at a time; files holding none of them are not read (their footers are). The shape and
+    dtype are those :func:`read_parquet_index` gives: ``shape``, else the first row's length (every wanted
+    row must have it); one integer value type over every file is kept, anything else becomes float32.
+    Only the wanted rows are checked."""
     import pyarrow as pa
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     fs, files = _files(str(os.fspath(path)), pafs)
     want = tuple(int(s) for s in shape)
+    positions = np.asarray(positions, dtype=np.int64)
+    if positions.size and positions[0] < 0:
+        raise ValueError(f"{path}: row position {int(positions[0])} is negative")
     parts: list[np.ndarray] = []
+    kinds: set[np.dtype] = set()
+    width: tuple[int, str] | None = None
     offset = 0
     for name in files:
-        with fs.open_input_file(name) as handle:
-            parquet = pq.ParquetFile(handle)
-            rows = parquet.metadata.num_rows
-            lo, hi = np.searchsorted(positions, [offset, offset + rows])
-            mine = positions[lo:hi] - offset
-            if mine.size:
+        try:
+            with fs.open_input_file(name) as handle:
+                parquet = pq.ParquetFile(handle)
+                schema = parquet.schema_arrow
+                if FEATURES not in schema.names:
+                    raise ValueError(f"{name}: missing column(s) 'features' (found: "
+                                     f"{', '.join(schema.names) or 'none'}); expected id, label, features")
+                kinds.add(_feature_value_type(name, schema.field(FEATURES).type))
+                rows = parquet.metadata.num_rows
+                if width is None and not want and rows:
+                    width = (_first_width(name, parquet), f"the first row (of {name})")
+                lo, hi = np.searchsorted(positions, [offset, offset + rows])
+                mine = positions[lo:hi] - offset
                 start = 0
-                try:
+                if mine.size:
                     for batch in parquet.iter_batches(batch_size=batch_rows, columns=[FEATURES]):
                         n = batch.num_rows
                         a, b = np.searchsorted(mine, [start, start + n])
                         if b > a:
                             taken = batch.column(0).take(pa.array(mine[a:b] - start))
-                            parts.append(_features(name, taken, want, keep_integers=True))
+                            parts.append(_features(name, taken, want, keep_integers=True, rows=mine[a:b],
+                                                   width=width))
                         start += n
-                except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-                    raise ValueError(f"{name}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise ValueError(f"{name}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
         offset += rows
+    if positions.size and positions[-1] >= offset:
+        raise ValueError(f"{path}: holds {offset} rows; row position {int(positions[-1])} is beyond them (did the "
+                         "source change since its index was read?)")
+    dtype = _kept_dtype(kinds)
     if not parts:
-        return np.zeros((0, *(want or (0,))), dtype=np.float32)
-    widths = {p.shape[1:] for p in parts}
-    if len(widths) > 1:
-        raise ValueError(f"{path}: files hold features of different lengths {sorted(widths)}; give data.shape or make "
-                         "them equal")
-    dtypes = {p.dtype for p in parts}
-    out = np.concatenate(parts) if len(dtypes) == 1 else np.concatenate([p.astype(np.float32) for p in parts])
-    return out
+        return np.zeros((0, *(want or ((width[0] if width else 0),))), dtype=dtype)
+    return np.concatenate(parts).astype(dtype, copy=False)
 
 
 def _feature_value_type(name: str, kind: Any) -> np.dtype:

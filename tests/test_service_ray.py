@@ -16,12 +16,10 @@ from ostracon.cluster.storage.ledger import open_ledger
 
 from helpers import SISA, small_config, trainer_ids
 
-pytestmark = pytest.mark.slow
-
 TOKEN = "ray-e2e-token"
 
 
-pytestmark = pytest.mark.usefixtures("ray_runtime")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 
 
 @pytest.fixture(scope="module")

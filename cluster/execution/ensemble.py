@@ -44,11 +44,11 @@ def combine(each: Sequence[tuple[np.ndarray, np.ndarray]], vote: str,
     n = len(each[0][0]) if each else 0
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, num_classes), dtype=np.float32)
-    probs = torch.stack([torch.from_numpy(np.asarray(p)) for _, p in each]).mean(0)
+    probs = torch.stack([torch.tensor(np.asarray(p)) for _, p in each]).mean(0)  # copies: Ray's are read-only
     if vote == "majority":
         votes = torch.zeros(n, num_classes, dtype=torch.int64)
         for labels, _ in each:
-            votes[torch.arange(n), torch.from_numpy(np.asarray(labels))] += 1
+            votes[torch.arange(n), torch.tensor(np.asarray(labels))] += 1
         # argmax returns the first maximum: ties go to the smallest class index.
         chosen = votes.argmax(1)
     else:
