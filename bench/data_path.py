@@ -6,9 +6,10 @@
 For each size, writes a CIFAR-sized dataset (rows of 3x32x32 uint8 pixels, 10 classes, seeded noise:
 only sizes matter here; npz or one parquet file), then runs ``ostracon train`` on it with the Ray
 backend (a local Ray cluster, ``logreg``, ``--rounds`` rounds, one group of ``--workers`` workers)
-as a child process, and samples every 0.2 s the peak resident set (``VmHWM`` in
-``/proc/PID/status``, Linux) of the driver (the CLI process) and of every worker actor (processes
-titled ``ray::WorkerActor``). ``--pythonpath`` runs another build of ostracon (e.g.
+as a child process, and samples every 0.2 s the peak resident set (``VmHWM``) and the private
+anonymous memory (``RssAnon``, leaving out file pages a memory map brought in) in ``/proc/PID/status``
+(Linux) of the driver (the CLI process) and of every worker actor (processes titled
+``ray::WorkerActor``). ``--pythonpath`` runs another build of ostracon (e.g.
 ``pip install --no-deps --target DIR <old checkout>``) for a before/after table on the same files.
 """
 
@@ -63,14 +64,18 @@ start_timeout_s = 900
 """
 
 
-def peak_kib(pid: int) -> int | None:
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(peak resident set ``VmHWM``, private anonymous memory now ``RssAnon``) in KiB; zeros once gone.
+    ``RssAnon`` leaves out file pages a memory map brought in (the page cache, shared and reclaimable)."""
+    found = {"VmHWM:": 0, "RssAnon:": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in found:
+                found[key] = int(line.split()[1])
     except OSError:
-        return None
-    return None
+        pass
+    return found["VmHWM:"], found["RssAnon:"]
 
 
 def actor_pids() -> list[int]:
@@ -97,19 +102,23 @@ def run(data: Path, args: argparse.Namespace) -> dict:
         child = subprocess.Popen([sys.executable, "-m", "ostracon.cluster.cli", "train", "-c", str(config), "-o",
                                   str(Path(tmp) / "state"), "--no-progress"], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        driver, actors = 0, {}
+        driver, driver_anon, actors, anon = 0, 0, {}, {}
         while child.poll() is None:
-            driver = max(driver, peak_kib(child.pid) or 0)
+            peak, now = memory_kib(child.pid)
+            driver, driver_anon = max(driver, peak), max(driver_anon, now)
             for pid in actor_pids():
-                actors[pid] = max(actors.get(pid, 0), peak_kib(pid) or 0)
+                peak, now = memory_kib(pid)
+                actors[pid] = max(actors.get(pid, 0), peak)
+                anon[pid] = max(anon.get(pid, 0), now)
             time.sleep(0.2)
         output = child.stdout.read() if child.stdout else ""
         wall = time.perf_counter() - began
         if child.returncode != 0:
             raise SystemExit(f"ostracon train failed ({child.returncode}):\n{output}")
         first = json.loads((Path(tmp) / "state" / "metrics.jsonl").read_text().splitlines()[0])
-    return {"driver_mib": driver / 1024, "actors": len(actors),
+    return {"driver_mib": driver / 1024, "driver_anon_mib": driver_anon / 1024, "actors": len(actors),
             "actor_max_mib": max(actors.values(), default=0) / 1024,
+            "actor_anon_mib": max(anon.values(), default=0) / 1024,
             "actor_sum_mib": sum(actors.values()) / 1024, "wall_s": wall, "first_round_s": first["elapsed_s"]}
 
 
@@ -131,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         f"config: logreg, 1 group x {args.workers} workers, {args.rounds} rounds, test_fraction 0.1; "
         f"build: {build}; python {platform.python_version()}, {os.cpu_count()} CPUs",
         "",
-        "| rows | on disk (MiB) | float32 size (MiB) | driver peak RSS (MiB) | actor peak RSS, max (MiB) | "
-        "actors' peaks summed (MiB) | first round at (s) | wall (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows | on disk (MiB) | float32 size (MiB) | driver peak RSS (MiB) | driver max RssAnon (MiB) | "
+        "actor peak RSS, max (MiB) | actor max RssAnon, max (MiB) | actors' peaks summed (MiB) | "
+        "first round at (s) | wall (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_data(data, rows, args.seed, args.format)
             r = run(data, args)
             line = (f"| {rows} | {data.stat().st_size / 2**20:.0f} | {rows * 3072 * 4 / 2**20:.0f} | "
-                    f"{r['driver_mib']:.0f} | {r['actor_max_mib']:.0f} | {r['actor_sum_mib']:.0f} | "
+                    f"{r['driver_mib']:.0f} | {r['driver_anon_mib']:.0f} | {r['actor_max_mib']:.0f} | "
+                    f"{r['actor_anon_mib']:.0f} | {r['actor_sum_mib']:.0f} | "
                     f"{r['first_round_s']:.1f} | {r['wall_s']:.1f} |")
             print(line, flush=True)
             lines.append(line)

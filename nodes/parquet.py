@@ -213,10 +213,11 @@ def _kept_dtype(kinds: set[np.dtype]) -> np.dtype:
 
 
 # ----- reading by parts: the index (ids and labels) once, then only a worker's rows ------------------
-def read_parquet_index(path: str | os.PathLike[str], shape: Sequence[int] = ()
+def read_parquet_index(path: str | os.PathLike[str], shape: Sequence[int] = (), *, one_class_ok: bool = False
                        ) -> tuple[np.ndarray, np.ndarray, int, tuple[int, ...], np.dtype]:
     """``(ids, labels, num_classes, feature_shape, feature_dtype)`` reading only the ``id`` and ``label``
-    columns (and the first row's features when no ``shape`` is given)."""
+    columns (and the first row's features when no ``shape`` is given). ``one_class_ok``: a part of a
+    dataset (one worker's file) may hold a single class."""
     import pyarrow as pa
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
@@ -248,7 +249,7 @@ def read_parquet_index(path: str | os.PathLike[str], shape: Sequence[int] = ()
     if labels.size == 0:
         raise ValueError(f"{path}: holds no rows")
     num_classes = int(labels.max()) + 1
-    if num_classes < 2:
+    if num_classes < 2 and not one_class_ok:
         raise ValueError(f"{path}: column 'label' holds only label 0; a classifier needs at least 2 classes")
     return ids, labels, num_classes, want or (first_width or 0,), _kept_dtype(kinds)
 

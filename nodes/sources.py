@@ -54,11 +54,18 @@ class SourceSpec:
     features: int | None = None  # synthetic only
     classes: int | None = None  # synthetic only
     seed: int = 0
+    # Cross-silo (``data.per_worker``): the files of the data-holding workers, in placement order; the
+    # source is their concatenation and ``path`` the template they were named from.
+    parts: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.source == MEMORY:
             return "the dataset given in memory"
         return f"{self.source}{' ' + self.path if self.path else ''}"
+
+    def part(self, k: int) -> SourceSpec:
+        """The source of part ``k`` alone (one worker's own file)."""
+        return SourceSpec(source=self.source, path=self.parts[k], shape=self.shape)
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ class SourceIndex:
     num_classes: int
     feature_shape: tuple[int, ...]
     feature_dtype: np.dtype
+    part: np.ndarray | None = None  # cross-silo: the part (file) of each row; None: one source
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -141,14 +149,17 @@ def rows_digest(ids: np.ndarray, features: np.ndarray, labels: np.ndarray) -> st
 
 
 # ----- reading --------------------------------------------------------------------------------------
-def read_index(source: SourceSpec) -> SourceIndex:
+def read_index(source: SourceSpec, *, one_class_ok: bool = False) -> SourceIndex:
     """The ids and labels of every row (features are not read, except for the built-in sources)."""
+    if source.parts:
+        return _parts_index(source)
     if source.source == "npz":
-        return _npz_index(Path(_need_path(source)))
+        return _npz_index(Path(_need_path(source)), one_class_ok)
     if source.source == "parquet":
         from .parquet import read_parquet_index
 
-        ids, labels, num_classes, shape, dtype = read_parquet_index(_need_path(source), source.shape)
+        ids, labels, num_classes, shape, dtype = read_parquet_index(_need_path(source), source.shape,
+                                                                    one_class_ok=one_class_ok)
         return SourceIndex(ids, labels, num_classes, shape, dtype)
     whole = _built_in(source)
     return SourceIndex(whole.ids, whole.labels, whole.num_classes, whole.feature_shape, whole.features.dtype)
@@ -159,6 +170,8 @@ def read_features(source: SourceSpec, positions: np.ndarray) -> np.ndarray:
     positions = np.asarray(positions, dtype=np.int64)
     if positions.size > 1 and not (np.diff(positions) > 0).all():
         raise ValueError("positions must be strictly ascending")
+    if source.parts:
+        return _parts_features(source, positions)
     if source.source == "npz":
         return _npz_features(Path(_need_path(source)), positions)
     if source.source == "parquet":
@@ -188,11 +201,10 @@ def read_rows(source: SourceSpec, index: SourceIndex, ids: Iterable[str]) -> tup
 def read_shard(shard: ShardSource, index: SourceIndex | None = None) -> Rows:
     """The worker's rows: those placed at ``shard.holder`` minus ``shard.deleted``. Checks them against
     ``shard.expected_digest`` (every row placed there, deleted ones included) when it is set."""
-    index = index if index is not None else read_index(shard.source)
-    if shard.holder == NO_HOLDER:
+    if shard.holder == NO_HOLDER:  # nothing to read (and, cross-silo, no file of its own to read it from)
         empty = np.zeros(0, dtype=np.int64)
-        return Rows(np.zeros(0, dtype="<U1"), np.zeros((0, *index.feature_shape), dtype=index.feature_dtype),
-                    empty, empty)
+        return Rows(np.zeros(0, dtype="<U1"), np.zeros((0, 1), dtype=np.float32), empty, empty)
+    index = index if index is not None else read_index(shard.source, one_class_ok=True)
     placement = shard.placement.place(index)
     positions = np.flatnonzero(placement.worker == shard.holder)
     features = read_features(shard.source, positions)
@@ -223,7 +235,7 @@ HELD_OUT_CHUNK = 16384  # rows read at a time: a multiple of evaluation's 4096-r
 @functools.lru_cache(maxsize=1)
 def _held_out_index(source: SourceSpec, placement: PlacementSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, labels, source positions) of the held-out rows, in source order."""
-    index = read_index(source)
+    index = read_index(source, one_class_ok=True)
     positions = np.flatnonzero(placement.place(index).is_test)
     return index.ids[positions], index.labels[positions], positions
 
@@ -280,6 +292,44 @@ def release() -> None:
     _small_held_out.cache_clear()
 
 
+# ----- cross-silo: one file per worker ---------------------------------------------------------------
+def _parts_index(source: SourceSpec) -> SourceIndex:
+    """The index of every part, concatenated (what the coordinator reads: ids and labels only)."""
+    found = [read_index(source.part(k), one_class_ok=True) for k in range(len(source.parts))]
+    layouts = {(f.feature_shape, np.dtype(f.feature_dtype).str) for f in found}
+    if len(layouts) > 1:
+        raise ValueError(f"data.per_worker = {source.path!r}: the files hold features of different shapes or dtypes "
+                         f"{sorted(layouts)}")
+    ids = np.concatenate([f.ids for f in found])
+    part = np.concatenate([np.full(len(f), k, dtype=np.int32) for k, f in enumerate(found)])
+    unique, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if len(unique) != len(ids):
+        dup = str(unique[counts > 1][0])
+        files = [source.parts[k] for k, f in enumerate(found) if dup in f.ids]
+        raise ValueError(f"{files[-1]}: id {dup!r} is also in {files[0]}; ids must be unique over every worker's file")
+    labels = np.concatenate([f.labels for f in found])
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    if num_classes < 2:
+        raise ValueError(f"data.per_worker = {source.path!r}: the files hold only label 0; a classifier needs at "
+                         "least 2 classes")
+    return SourceIndex(ids, labels, num_classes, found[0].feature_shape, found[0].feature_dtype, part)
+
+
+def _parts_features(source: SourceSpec, positions: np.ndarray) -> np.ndarray:
+    """Features at global positions (over the concatenated parts), each part's rows read from its file."""
+    index = _parts_index(source)
+    assert index.part is not None
+    starts = np.concatenate([[0], np.cumsum(np.bincount(index.part, minlength=len(source.parts)))])
+    out = []
+    for k in range(len(source.parts)):
+        lo, hi = np.searchsorted(positions, [starts[k], starts[k + 1]])
+        if hi > lo:
+            out.append(read_features(source.part(k), positions[lo:hi] - starts[k]))
+    if not out:
+        return np.zeros((0, *index.feature_shape), dtype=index.feature_dtype)
+    return np.concatenate(out)
+
+
 # ----- built-in sources -----------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _built_in(source: SourceSpec) -> Dataset:
@@ -311,7 +361,7 @@ def _npz_check(path: Path) -> None:
                          "expected numpy.savez output with arrays X and y")
 
 
-def _npz_index(path: Path) -> SourceIndex:
+def _npz_index(path: Path, one_class_ok: bool = False) -> SourceIndex:
     _npz_check(path)
     with np.load(path, allow_pickle=False) as archive:
         for key in ("X", "y"):
@@ -335,7 +385,7 @@ def _npz_index(path: Path) -> SourceIndex:
         raise ValueError(f"{path}: key 'X' must be numeric, got dtype {dtype}")
     ids = np.arange(n).astype(f"<U{len(str(max(n - 1, 0)))}") if raw_ids is None else check_npz_ids(raw_ids, n, path)
     num_classes = int(y.max()) + 1
-    if num_classes < 2:
+    if num_classes < 2 and not one_class_ok:
         raise ValueError(f"{path}: key 'y' holds only label 0; a classifier needs at least 2 classes")
     return SourceIndex(ids, y.astype(np.int64), num_classes, tuple(shape[1:]), _kept_dtype(dtype))
 

@@ -35,6 +35,10 @@ DOCS: dict[str, str] = {
     "data.split": "`all`: the training data is partitioned over every worker; `honest`: over the honest workers only "
                   "(Byzantine attackers hold none, a `label_flip`/`crash` worker copies an honest worker's rows), "
                   "the papers' benchmark setting",
+    "data.per_worker": "cross-silo: each data-holding worker's own file, a path or URI with `{worker}` (its global "
+                       "index), e.g. `s3://silo/worker-{worker}.parquet`; a worker reads only its file, its rows are "
+                       "its own (slices and the held-out rows by hash inside it); parquet or npz; excludes "
+                       "`data.path`",
     "data.shape": "parquet: each row's `features` reshaped to this, e.g. `[3, 32, 32]` (`[]`: a flat vector)",
     # ----- [model]
     "model.name": "a built-in, `logreg`, `mlp`, `cnn`, `resnet18` (GroupNorm), or your own "

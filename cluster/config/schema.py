@@ -54,6 +54,7 @@ class DataConfig:
     classes: int = 10
     split: str = "all"  # "all": every worker holds data; "honest": only the honest ones (benchmarks)
     shape: tuple = ()  # parquet: each row's features reshaped to this (e.g. (3, 32, 32)); (): as stored
+    per_worker: str = ""  # cross-silo: "path/or/uri/worker-{worker}.parquet", one file per data-holding worker
 
 
 @dataclass(frozen=True)
@@ -318,12 +319,22 @@ def validate(config: Config) -> None:
     d, m, t, b, u, be = (config.data, config.model, config.training, config.byzantine,
                          config.unlearning, config.backend)
     _choice("data.source", d.source, SOURCES)
-    if d.source == "npz":
+    if d.per_worker:
+        if d.source not in ("parquet", "npz"):
+            raise ConfigError(f"data.per_worker: applies to data.source = \"parquet\" or \"npz\", not {d.source!r}")
+        if "{worker}" not in d.per_worker:
+            raise ConfigError(f"data.per_worker = {d.per_worker!r}: must contain {{worker}} (the worker index)")
+        if d.path:
+            raise ConfigError("data.path and data.per_worker: give one (per_worker names each worker's own file)")
+        if d.partition != "iid":
+            raise ConfigError(f"data.partition = {d.partition!r} with data.per_worker: each worker's file is its "
+                              "partition; leave data.partition = \"iid\"")
+    elif d.source == "npz":
         if not d.path:
             raise ConfigError("data.path: required when data.source = \"npz\"")
         if not os.path.isfile(d.path):
             raise ConfigError(f"data.path: npz file not found: {d.path}")
-    if d.source == "parquet" and not d.path:
+    if d.source == "parquet" and not d.path and not d.per_worker:
         raise ConfigError("data.path: required when data.source = \"parquet\" (a file, a directory of .parquet "
                           "files, or an s3:// URI)")
     if d.shape and d.source != "parquet":

@@ -60,6 +60,7 @@ class RunPlan:
     test_labels: np.ndarray
     test_positions: np.ndarray
     rule: PlacementSpec
+    holders: dict[int, int]  # worker -> its placement position (NO_HOLDER: it holds no rows)
     expected_test_digest: str | None = None
 
     @functools.cached_property
@@ -93,16 +94,16 @@ class RunPlan:
         by_holder: dict[int, set[str]] = {}
         for sid, h in zip(wanted, holders.tolist(), strict=True):
             by_holder.setdefault(int(h), set()).add(sid)
-        shards = {j: dataclasses.replace(s, deleted=tuple(sorted(set(s.deleted) | by_holder[s.holder])))
-                  if s.holder in by_holder and not by_holder[s.holder] <= set(s.deleted) else s
+        shards = {j: dataclasses.replace(s, deleted=tuple(sorted(set(s.deleted) | by_holder[self.holders[j]])))
+                  if self.holders[j] in by_holder and not by_holder[self.holders[j]] <= set(s.deleted) else s
                   for j, s in self.shards.items()}
         return dataclasses.replace(self, shards=shards)
 
     def shard_ids(self, worker: int) -> np.ndarray:
         """The ids worker ``worker`` holds (its placement position's minus the deleted), sorted: what its
         store holds, computed from the index alone."""
-        shard = self.shards[worker]
-        ids = self.placement.held_by(shard.holder) if shard.holder != NO_HOLDER else np.zeros(0, dtype=str)
+        shard, holder = self.shards[worker], self.holders[worker]
+        ids = self.placement.held_by(holder) if holder != NO_HOLDER else np.zeros(0, dtype=str)
         return ids[~np.isin(ids, np.asarray(shard.deleted, dtype=str))] if shard.deleted else ids
 
     def group_workers(self, group: int) -> list[int]:
@@ -153,7 +154,12 @@ def config_source(config: Config, dataset: Dataset | None = None) -> SourceSpec:
     (``train(dataset=...)``: the local backend only)."""
     if dataset is not None:
         return register_dataset(dataset)
-    return source_spec(config.data, config.seed)
+    spec = source_spec(config.data, config.seed)
+    if config.data.per_worker:  # cross-silo: the data-holding workers' own files, in placement order
+        template = config.data.per_worker
+        return dataclasses.replace(spec, path=template,
+                                   parts=tuple(template.replace("{worker}", str(j)) for j in data_holders(config)))
+    return spec
 
 
 def read_config_index(config: Config, source: SourceSpec | None = None) -> SourceIndex:
@@ -249,10 +255,12 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
         placement = rule.place(index)
     except ValueError as exc:
         raise DataError(f"data: {exc}") from None
+    if index.part is not None:  # cross-silo: a row belongs to the worker whose file holds it
+        placement.worker[:] = np.where(placement.is_test, -1, index.part)
     require_sample_per_worker(config, int((~placement.is_test).sum()))
     excluded = np.isin(index.ids, np.asarray(sorted(exclude), dtype=str)) if exclude else np.zeros(len(index), bool)
     shard_digests = dict((digests or {}).get("shards") or {})
-    specs, shards = [], {}
+    specs, shards, holder_of = [], {}, {}
     for j in range(n):
         group, position = divmod(j, t.workers)
         byzantine = position >= t.workers - b.count
@@ -272,8 +280,11 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
         held = _data_source(config, j)
         holder = NO_HOLDER if held is None else holders.index(held)
         deleted = index.ids[(placement.worker == holder) & excluded] if held is not None else index.ids[:0]
+        holder_of[j] = holder
+        own = source.parts and holder != NO_HOLDER  # cross-silo: the worker's own file is all it reads
         shards[j] = ShardSource(
-            source=source, placement=rule, holder=holder, deleted=tuple(sorted(deleted.tolist())),
+            source=source.part(holder) if own else source, placement=dataclasses.replace(rule, num_workers=1) if own
+            else rule, holder=0 if own else holder, deleted=tuple(sorted(deleted.tolist())),
             store_path=None if state_dir is None else os.path.join(os.fspath(state_dir), "stores", f"worker-{j}"),
             expected_digest=shard_digests.get(str(holder)),
         )
@@ -284,7 +295,7 @@ def make_plan(config: Config, state_dir: str | os.PathLike | None = None,
                       train_rows], axis=1)
     test_positions = np.flatnonzero(test)
     return RunPlan(config, tuple(specs), shards, index.num_classes, IdIndex(index.ids[train_rows], where), source,
-                   index.ids[test_positions], index.labels[test_positions], test_positions, rule,
+                   index.ids[test_positions], index.labels[test_positions], test_positions, rule, holder_of,
                    expected_test_digest=(digests or {}).get("test"))
 
 

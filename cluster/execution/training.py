@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_JSON = "config.json"
 NO_TEST_SPLIT = "no test split (data.test_fraction = 0): accuracy is not measured"
+PER_WORKER_TEST = ("data.per_worker: each worker is evaluated on the held-out rows of its own file; there is no "
+                   "common test set, so no ensemble accuracy")
 
 
 @dataclass
@@ -203,12 +205,14 @@ def source_digests(plan: RunPlan, backend: Backend) -> dict[str, object]:
     """What a state's source must still hash to: each placement position's rows (digested by a worker
     holding them, from its store: nothing is deleted yet) and the held-out rows (by a worker too)."""
     first: dict[int, int] = {}
-    for j, shard in sorted(plan.shards.items()):
-        if shard.holder != NO_HOLDER:
-            first.setdefault(shard.holder, j)
+    for j, holder in sorted(plan.holders.items()):
+        if holder != NO_HOLDER:
+            first.setdefault(holder, j)
     digests = backend.call(sorted(first.values()), Worker.rows_digest)
-    some = min(plan.shards)
-    test = backend.call([some], Worker.held_out_digest)[some]
+    test = None
+    if not plan.source.parts:  # cross-silo: each worker's held-out rows are in its own file (its shard digest)
+        some = min(plan.shards)
+        test = backend.call([some], Worker.held_out_digest)[some]
     return {SHARD_DIGESTS: {str(h): digests[j] for h, j in sorted(first.items())}, TEST_DIGEST: test}
 
 
@@ -258,7 +262,7 @@ def make_summary(plan: RunPlan, session: Session, params: Mapping[int, Weights],
     acc = metrics[-1]["accuracy"]  # the last round is always evaluated, on these same parameters
     served = {g: served_worker(plan, g) for g in plan.groups}
     ensemble = None
-    if len(plan.test_labels):
+    if len(plan.test_labels) and not plan.source.parts:
         # The served workers' votes on the held-out rows (computed where the models are; no rows move).
         each = session.backend.call(sorted(set(served.values())), Worker.held_out_predictions)
         labels, _ = combine([each[served[g]] for g in plan.groups], config.unlearning.vote, plan.num_classes)
@@ -269,7 +273,8 @@ def make_summary(plan: RunPlan, session: Session, params: Mapping[int, Weights],
         "rounds": config.training.rounds,
         "honest_test_accuracy": stats([a for a in acc.values() if a is not None]),
         "ensemble_test_accuracy": ensemble,
-        **({} if len(plan.test_labels) else {"note": NO_TEST_SPLIT}),
+        **({"note": NO_TEST_SPLIT} if not len(plan.test_labels) else
+           {"note": PER_WORKER_TEST} if plan.source.parts else {}),
         "wall_time_s": wall_s,
         "gradient_evaluations": int(sum(session.gradient_evaluations.values())),
         "failures": failures,

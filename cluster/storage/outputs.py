@@ -118,8 +118,11 @@ def write_accuracy_plot(metrics: Sequence[Mapping[str, Any]], path: str, *, titl
         ax = axes[0][1]
         xs = [v["model_version"] for v in versions]
         ax.plot(xs, [v["honest_test_accuracy"]["mean"] for v in versions], marker="o", label="honest mean")
-        ax.plot(xs, [v["ensemble_test_accuracy"] for v in versions], marker="s", label="ensemble (vote)")
-        for v in versions:
+        voted = [v for v in versions if v["ensemble_test_accuracy"] is not None]  # None: not measured
+        if voted:
+            ax.plot([v["model_version"] for v in voted], [v["ensemble_test_accuracy"] for v in voted], marker="s",
+                    label="ensemble (vote)")
+        for v in voted:
             ax.annotate(f"{v['ensemble_test_accuracy']:.3f}", (v["model_version"], v["ensemble_test_accuracy"]),
                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
         ax.set_xlabel("model version (each deletion publishes one)")
