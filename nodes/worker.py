@@ -305,8 +305,9 @@ class Worker:
     def _training_data(self, max_slice: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._data_cache is None or self._data_cache[0] != max_slice:
             _, features, labels = self.store.view(max_slice)
-            # Integer features (uint8 images) are cast on the device: exact, and 4x less to move.
-            x = torch.from_numpy(np.ascontiguousarray(features)).to(self.device).to(torch.float32)
+            # Integer features (uint8 images) stay in their dtype on the device; each batch is cast to float32
+            # as it enters the model (_model_input): exact, and a quarter of the memory.
+            x = torch.from_numpy(np.ascontiguousarray(features)).to(self.device)
             y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(self.device)
             if self.spec.behaviour == "label_flip":
                 y = self.spec.num_classes - 1 - y
@@ -410,7 +411,7 @@ class Worker:
     def _gradient(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         load_flat_parameters(self.model, self.theta)
         self.model.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(x), y)
+        loss = F.cross_entropy(self.model(_model_input(x)), y)
         torch.autograd.backward(loss)  # what loss.backward() calls (that method is unannotated)
         grad = _flat_grad(self.model)
         if self.spec.weight_decay:
@@ -433,7 +434,7 @@ class Worker:
         if method.reference and state.forget_x.shape[0]:
             with torch.no_grad(), self._evaluating():
                 load_flat_parameters(self.model, self.theta)
-                logits = self.model(state.forget_x)
+                logits = self.model(_model_input(state.forget_x))
                 state.reference_logp = F.log_softmax(logits, 1).gather(1, state.forget_y[:, None]).squeeze(1)
         self.momentum = torch.zeros_like(self.theta)
         self.half = self.theta.clone()
@@ -574,7 +575,7 @@ class Worker:
         load_flat_parameters(self.model, self.theta)
         self.model.zero_grad(set_to_none=True)
         with self._evaluating():
-            loss = loss_of_logits(self.model(x))
+            loss = loss_of_logits(self.model(_model_input(x)))
         if loss is None:
             return None
         torch.autograd.backward(loss)  # what loss.backward() calls (that method is unannotated)
@@ -731,6 +732,11 @@ def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
             raise RuntimeError("a model parameter has no gradient after backward()")
         grads.append(p.grad.reshape(-1))
     return torch.cat(grads)
+
+
+def _model_input(x: torch.Tensor) -> torch.Tensor:
+    """A batch as the model takes it: float32 (integer features are stored as they came)."""
+    return x if x.dtype == torch.float32 else x.to(torch.float32)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -77,12 +77,18 @@ def test_every_row_is_held_once_and_a_shard_is_a_few_hundred_bytes(tmp_path):
     assert "test_features" not in plan.__dict__  # the held-out features are not read until evaluated on
 
 
-def test_uint8_features_train_to_the_same_digests_as_their_float32_copy(tmp_path):
+def test_uint8_features_train_and_unlearn_to_the_same_digests_as_their_float32_copy(tmp_path):
     x, y, ids = _digits_npz(tmp_path / "u8.npz")
     np.savez(tmp_path / "f32.npz", X=x.astype(np.float32), y=y, ids=ids)
     u8 = train(_config(tmp_path / "u8.npz"), tmp_path / "s8", progress=False)
     f32 = train(_config(tmp_path / "f32.npz"), tmp_path / "s32", progress=False)
     assert u8.summary["group_digests"] == f32.summary["group_digests"]
+    plan = make_plan(_config(tmp_path / "u8.npz"))
+    victims = [i for i in sorted(plan.placement) if plan.specs[plan.placement[i][1]].trains][:3]
+    for mode in ("approximate", "exact"):  # an approximate update (ft) and an exact replay, on uint8 rows
+        first = unlearn_state_dir(tmp_path / "s8", victims[:1] if mode == "approximate" else victims[1:], mode)
+        second = unlearn_state_dir(tmp_path / "s32", victims[:1] if mode == "approximate" else victims[1:], mode)
+        assert first["group_digests"] == second["group_digests"]
     store = ShardStore.open(tmp_path / "s8" / "stores" / "worker-0")
     assert store.features.dtype == np.uint8  # stored as the source stores it: 4x smaller than float32
     assert ShardStore.open(tmp_path / "s32" / "stores" / "worker-0").features.dtype == np.float32
@@ -155,3 +161,19 @@ def test_a_large_held_out_split_is_streamed_and_scores_as_one_array():
     model = torch.nn.Sequential(torch.nn.Linear(8, 10))
     whole = evaluate_model(model, plan.test_features, plan.test_labels)
     assert evaluate_batches(model, ((c.features, c.labels) for c in chunks)) == whole  # bit for bit
+
+
+def test_a_bad_row_found_by_a_worker_leaves_no_output_directory(tmp_path):
+    from ostracon.cluster.cli import main
+
+    x, y, ids = _digits_npz(tmp_path / "a.npz", dtype=np.float32)
+    x = x.copy()
+    x[7, 3] = np.nan
+    np.savez(tmp_path / "a.npz", X=x, y=y, ids=ids)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[data]\nsource = "npz"\npath = "{tmp_path / "a.npz"}"\n[training]\nworkers = 4\nrounds = 2\n')
+    assert main(["train", "-c", str(config), "-o", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()  # nothing written: the run never started
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "-c", str(config), "-o", str(tmp_path / "empty")]) == 2
+    assert list((tmp_path / "empty").iterdir()) == []

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from ostracon.nodes.worker import Weights, Worker, theta_of, weights_digest
 
 from .. import faults
 from ..config import Config
+from ..errors import DataError, SourceChangedError
 from ..storage import ledger as ledger_mod
 from ..storage import statedir
 from ..storage.checkpoints import CheckpointStore
@@ -82,19 +84,40 @@ def train(config: Config, outdir: str | os.PathLike[str] | None = None, *, backe
     if outdir is None:
         return _train(config, None, backend, progress, hooks, dataset, schedule, index, exclude, digests)
     outdir = os.fspath(outdir)
+    existed = os.path.isdir(outdir)
     statedir.prepare_new(outdir)
-    with statedir.exclusive(outdir, "train"):
-        statedir.mark_incomplete(outdir, f"training started {time.strftime('%Y-%m-%d %H:%M:%S')} by pid "
-                                         f"{os.getpid()} did not finish")
-        try:
-            result = _train(config, outdir, backend, progress, hooks, dataset, schedule, index, exclude, digests)
-        except BaseException as exc:
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {type(exc).__name__}: {exc}"
-            statedir.mark_incomplete(outdir, f"training {reason}")
-            raise
-        statedir.clear_incomplete(outdir)
-        faults.point("train.complete")
-        return result
+    try:
+        with statedir.exclusive(outdir, "train"):
+            statedir.mark_incomplete(outdir, f"training started {time.strftime('%Y-%m-%d %H:%M:%S')} by pid "
+                                             f"{os.getpid()} did not finish")
+            try:
+                result = _train(config, outdir, backend, progress, hooks, dataset, schedule, index, exclude,
+                                digests)
+            except BaseException as exc:
+                reason = ("interrupted" if isinstance(exc, KeyboardInterrupt)
+                          else f"failed: {type(exc).__name__}: {exc}")
+                statedir.mark_incomplete(outdir, f"training {reason}")
+                raise
+            statedir.clear_incomplete(outdir)
+            faults.point("train.complete")
+    except (DataError, SourceChangedError):
+        # A worker found its rows unreadable before the first round: leave the directory as it was.
+        _clear(outdir, remove=not existed)
+        raise
+    return result
+
+
+def _clear(outdir: str, *, remove: bool) -> None:
+    """Remove what a run that never started wrote (the directory too when it created it)."""
+    if remove:
+        shutil.rmtree(outdir, ignore_errors=True)
+        return
+    for name in os.listdir(outdir):
+        path = os.path.join(outdir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 def _train(config: Config, outdir: str | None, backend: Backend | None, progress: bool, hooks: Hooks,
