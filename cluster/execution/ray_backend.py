@@ -111,14 +111,14 @@ class WorkerActor:
 
     @ray.method(num_returns=2)
     def step(self, stage: int, step: int, t: int, kind: str | None, budget: int | None,
-             *payload: Any) -> tuple[str, Any]:
+             *payload: Any) -> tuple[str | tuple[str, int], Any]:
         vector = self.worker.step(stage, step, t, _message(kind, budget, payload))
-        return self.worker.last_status if vector is None else SENT, vector
+        return (self.worker.last_status if vector is None else (SENT, vector.nbytes)), vector
 
     @ray.method(num_returns=2)
-    def attack(self, t: int, budget: int | None, *honest: Any) -> tuple[str, Any]:
+    def attack(self, t: int, budget: int | None, *honest: Any) -> tuple[str | tuple[str, int], Any]:
         vector = self.worker.attack(list(honest), t, budget)
-        return NO_ANSWER if vector is None else SENT, vector
+        return (NO_ANSWER if vector is None else (SENT, vector.nbytes)), vector
 
     def receive(self, kind: str | None, budget: int | None, *payload: Any) -> None:
         self.worker.receive(_message(kind, budget, payload))
@@ -149,6 +149,16 @@ def _message(kind: str | None, budget: int | None, payload: tuple[Any, ...]) -> 
 R = TypeVar("R")
 
 
+def _stack(*vectors: np.ndarray) -> np.ndarray:
+    return np.stack(vectors)
+
+
+@functools.cache
+def _stack_task() -> Any:
+    """``_stack`` as a zero-CPU Ray task: the stacking runs next to the vectors, not in the driver."""
+    return ray.remote(num_cpus=0)(_stack)
+
+
 class RayBackend:
     """One actor per worker; see the module docstring and :class:`~.backend.Backend`."""
 
@@ -158,6 +168,7 @@ class RayBackend:
         self.config = config
         self.actors: dict[int, Any] = {}
         self._busy: dict[int, Any] = {}
+        self._vector_bytes: int | None = None  # a round vector's size, as the workers report it
         self._placement_group: Any = None
         self._started_ray = False
 
@@ -262,12 +273,12 @@ class RayBackend:
         return self._collect(calls, deadline_s, result)
 
     def _pack(self, handles: list[Any], budget: int | None) -> tuple[Any, ...]:
-        """Small vectors: stack them once into one object (n reads a round instead of n^2 transfers).
-        Large ones stay where their worker put them and are read zero-copy by every receiver."""
-        first = ray.get(handles[0])
-        if first.nbytes * len(handles) > PACK_LIMIT_BYTES:
+        """Small vectors: stacked once into one object by a task on the cluster (n reads a round instead of
+        n^2 transfers). Large ones stay where their worker put them and are read zero-copy by every
+        receiver. The size comes with each worker's answer: the driver reads no vector."""
+        if self._vector_bytes is None or self._vector_bytes * len(handles) > PACK_LIMIT_BYTES:
             return (_MIX, budget, *handles)
-        return (_MIX_PACKED, budget, ray.put(np.stack(ray.get(list(handles)))))
+        return (_MIX_PACKED, budget, _stack_task().remote(*handles))
 
     def attack(self, workers: Sequence[int], honest: Sequence[Any], t: int, budget: int | None = None) -> StepResult:
         calls = {j: self.actors[j].attack.remote(t, budget, *honest) for j in workers if self._free(j)}
@@ -293,7 +304,8 @@ class RayBackend:
                 log.warning("worker %d: actor died (%s)", j, type(exc).__name__)
                 result.failures[j] = DIED
                 continue
-            if status == SENT:
+            if isinstance(status, tuple):  # (SENT, the vector's size in bytes)
+                self._vector_bytes = int(status[1])
                 result.vectors[j] = calls[j][1]
             else:
                 result.failures[j] = status
