@@ -255,7 +255,7 @@ def read_parquet_index(path: str | os.PathLike[str], shape: Sequence[int] = (), 
 
 
 def read_parquet_features(path: str | os.PathLike[str], shape: Sequence[int], positions: np.ndarray,
-                          batch_rows: int = 8192) -> np.ndarray:
+                          batch_rows: int = 2048) -> np.ndarray:
     """The features of the rows at ``positions`` (ascending, over the files in sorted order), streamed one
     record batch at a time; files holding none of them are not read (their footers are). The shape and
     dtype are those :func:`read_parquet_index` gives: ``shape``, else the first row's length (every wanted
@@ -277,7 +277,7 @@ def read_parquet_features(path: str | os.PathLike[str], shape: Sequence[int], po
     for name in files:
         try:
             with fs.open_input_file(name) as handle:
-                parquet = pq.ParquetFile(handle)
+                parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20)
                 schema = parquet.schema_arrow
                 if FEATURES not in schema.names:
                     raise ValueError(f"{name}: missing column(s) 'features' (found: "
