@@ -1,6 +1,6 @@
 """Round time of MoNNA vs plain D-SGD as the number of Ray worker actors grows.
 
-    python bench/scale.py [--workers 8,16,32,64] [--rounds 30] [--out FILE]
+    python bench/scale.py [--workers 8,16,32,64] [--rounds 30] [--device cpu|cuda [--num-gpus G]] [--out FILE]
 
 Synthetic Gaussian-mixture data, ``mlp``, one Ray actor per worker on the
 local Ray cluster (or ``--address``). For each n: ``monna`` (every worker
@@ -8,11 +8,15 @@ mixes all n half-models with ``nna`` around its own) and D-SGD
 (``server`` + ``mean``: the driver averages and broadcasts), no Byzantine
 workers, so both do the same local work. A round's time is the median over
 the measured rounds (the first ``--warmup`` rounds are dropped).
+
+``--device cuda`` puts the workers' tensors on GPUs (``backend.device = "cuda"``), each actor reserving
+``--num-gpus`` (default: the cluster's GPUs shared evenly over the n actors, at most 1 each).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import sys
@@ -41,6 +45,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--samples-per-worker", type=int, default=500)
     parser.add_argument("--address", default="", help="existing Ray cluster (default: start a local one)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the workers' device")
+    parser.add_argument("--num-gpus", type=float, default=0.0,
+                        help="GPUs per worker actor with --device cuda (default: the cluster's shared evenly)")
     parser.add_argument("--out", help="also write the table here")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.workers.split(",")]
@@ -49,10 +56,17 @@ def main(argv=None) -> int:
     else:
         ray.init(log_to_driver=False, include_dashboard=False)
     resources = ray.cluster_resources()
+    if args.device == "cuda" and not resources.get("GPU"):
+        parser.error("--device cuda: the Ray cluster has no GPU")
     rows = []
     began = time.perf_counter()
     for n in sizes:
         row = {"n": n}
+        backend = {"name": "ray", "start_timeout_s": 900.0}  # 64 processes importing torch on 2 cores
+        if args.device == "cuda":
+            # Ray accepts fractions to 4 decimals; n actors share the cluster's GPUs.
+            share = args.num_gpus or min(1.0, math.floor(resources["GPU"] / n * 10_000) / 10_000)
+            backend |= {"device": "cuda", "num_gpus": share}
         for label, training in (("dsgd", {"protocol": "server", "rule": "mean"}),
                                 ("monna", {"protocol": "monna", "rule": "nna"})):
             config = from_dict({
@@ -61,7 +75,7 @@ def main(argv=None) -> int:
                 "model": {"name": "mlp"},
                 "training": {**training, "workers": n, "f": max(0, (n - 1) // 4), "rounds": args.rounds,
                              "eval_every": args.rounds, "lr": 0.5},
-                "backend": {"name": "ray", "start_timeout_s": 900.0},  # 64 processes importing torch on 2 cores
+                "backend": backend,
             })
             diffs, wall, acc = round_times(config)
             measured = diffs[args.warmup:] or diffs
@@ -77,7 +91,8 @@ def main(argv=None) -> int:
         f"config: synthetic ({args.samples_per_worker} samples/worker, 32 features, 10 classes), mlp (hidden 64), "
         f"rounds {args.rounds} (first {args.warmup} dropped), no Byzantine workers, f = (n-1)//4, "
         f"Ray {ray.__version__} local cluster {int(resources.get('CPU', 0))} CPUs, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}; total {time.perf_counter() - began:.0f}s",
+        f"{platform.processor() or platform.machine()}, workers on {_device_name(args.device)}; "
+        f"total {time.perf_counter() - began:.0f}s",
         "",
         "| n workers | D-SGD round (ms, median / p90) | MoNNA round (ms, median / p90) | MoNNA / D-SGD | "
         "D-SGD acc | MoNNA acc | wall D-SGD / MoNNA (s, incl. actor start) |",
@@ -96,6 +111,12 @@ def main(argv=None) -> int:
             fh.write(f"Command: `python bench/scale.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n")
             fh.write(table + "\n")
     return 0
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda" and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return device
 
 
 if __name__ == "__main__":

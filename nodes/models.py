@@ -284,7 +284,9 @@ class ResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.stem_norm(self.stem(x)))
         out = self.stages(out)
-        logits: torch.Tensor = self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+        # Global average pooling as a mean over H, W: AdaptiveAvgPool2d has no deterministic CUDA backward
+        # (it raises under torch.use_deterministic_algorithms); on the CPU both give the same bits.
+        logits: torch.Tensor = self.head(out.mean(dim=(2, 3)))
         return logits
 
 

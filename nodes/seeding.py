@@ -8,8 +8,12 @@ same batches, on any backend and in any process.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import torch
+
+# cuBLAS's deterministic workspace setting (PyTorch's reproducibility notes): 8 buffers of 4 MiB.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -26,8 +30,15 @@ def generator(seed: int, *parts: object, device: str | torch.device = "cpu") -> 
 
 
 def set_deterministic(threads: int = 1) -> None:
-    """Pin the thread count and select deterministic kernels (bit-identical results across processes)."""
+    """Pin the thread count and select deterministic kernels (bit-identical results across processes).
+
+    On a CUDA machine cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` for deterministic matmuls (without it they
+    raise under deterministic algorithms); it is set here unless the environment already sets it. It is
+    read when cuBLAS initialises, so Ray actors also get it in their ``runtime_env`` (``RayBackend.start``).
+    """
     torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
     # torch.use_deterministic_algorithms(True) also sets torch._inductor's flag, which imports the whole
     # compiler stack (~1 s per process, i.e. per Ray actor); ostracon never compiles, so set the eager flag.
     eager = getattr(torch._C, "_set_deterministic_algorithms", None)

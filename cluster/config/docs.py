@@ -70,6 +70,8 @@ DOCS: dict[str, str] = {
     "training.round_deadline_s": "a worker that has not answered after this many seconds is absent from the round "
                                  "(0: wait); each such event is recorded in the state's schedule, and replays and "
                                  "`verify` impose the recorded events instead of timing",
+    "training.precision": "`fp32`, the only precision accepted: exact unlearning needs fp32 (a deletion is certified "
+                          "bit-identical to a retrain), so `bf16` is refused",
     # ----- [byzantine]
     "byzantine.count": "actual Byzantine workers per group (the last ones of each group); may differ from "
                        "`training.f`",
@@ -96,11 +98,16 @@ DOCS: dict[str, str] = {
     "backend.name": "`local` (all workers in this process, the reference) or `ray` (one actor per worker)",
     "backend.address": "join an existing Ray cluster; empty: reuse the connected one or start a local one",
     "backend.num_cpus": "per worker actor; `0` shares the cluster's CPUs evenly (at most 1 each)",
-    "backend.num_gpus": "per worker actor; fractional GPUs allowed",
+    "backend.num_gpus": "GPUs per worker actor on `ray`, a fraction below 1 (e.g. `0.25`: four actors share one GPU) "
+                        "or a whole number; needs `backend.device = \"cuda\"`, which on `ray` needs it `> 0`; "
+                        "ignored by `local`",
     "backend.placement": "`spread` or `pack`: a placement group with that strategy, one bundle per worker",
     "backend.max_restarts": "Ray restarts a dead worker actor, and its group's stage is redone from the stage's start "
                             "(at most `max_restarts + 1` attempts, then the command fails and nothing is published)",
-    "backend.device": "`cpu` or `cuda[:N]` for the workers' tensors",
+    "backend.device": "`cpu` or `cuda[:N]` for the workers' tensors; on `ray` each actor sees only the "
+                      "`backend.num_gpus` it reserved (use `cuda`), on `local` the machine's GPUs must exist. "
+                      "Deterministic mode sets `CUBLAS_WORKSPACE_CONFIG=:4096:8` (in the actors' `runtime_env` on "
+                      "`ray`); digests on a GPU are reproducible on the same kind of GPU, not equal to the CPU's",
     "backend.start_timeout_s": "how long to wait for the cluster at `backend.address` to answer, for the placement "
                                "group and for the actors to be placed, before failing with the address or the "
                                "resources asked",

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -39,6 +40,7 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 BACKENDS = ("local", "ray")
 PLACEMENTS = ("none", "spread", "pack")
 VOTES = ("majority", "mean_proba")
+PRECISIONS = ("fp32",)  # "bf16" is refused: every run is exact (validate)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     eval_every: int = 20
     round_deadline_s: float = 0.0
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -371,6 +374,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"training.weight_decay must be >= 0, got {t.weight_decay}")
     if t.round_deadline_s < 0:
         raise ConfigError(f"training.round_deadline_s must be >= 0 (0 disables), got {t.round_deadline_s}")
+    if t.precision == "bf16":
+        raise ConfigError("training.precision = 'bf16': exact unlearning needs fp32 (every run is exact: a deletion "
+                          "is certified bit-identical to a retrain); use \"fp32\"")
+    _choice("training.precision", t.precision, PRECISIONS)
     if b.count < 0 or b.count >= t.workers:
         raise ConfigError(
             f"byzantine.count = {b.count} must be in [0, training.workers) = [0, {t.workers}): "
@@ -401,11 +408,43 @@ def validate(config: Config) -> None:
         raise ConfigError("backend.num_cpus and backend.num_gpus must be >= 0")
     if be.max_restarts < 0:
         raise ConfigError(f"backend.max_restarts must be >= 0, got {be.max_restarts}")
-    if not (be.device == "cpu" or be.device.startswith("cuda")):
-        raise ConfigError(f"backend.device must be 'cpu' or 'cuda[:N]', got {be.device!r}")
+    _check_device(be)
     if config.threads < 1:
         raise ConfigError(f"threads must be >= 1, got {config.threads}")
     _check_rule_call(config)
+
+
+def _check_device(be: BackendConfig) -> None:
+    """``backend.device`` against ``backend.num_gpus`` and, on the local backend, this machine's GPUs."""
+    device = be.device
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
+        raise ConfigError(f"backend.device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if device == "cpu":
+        if be.num_gpus > 0:
+            raise ConfigError(f"backend.num_gpus = {be.num_gpus:g} with backend.device = 'cpu': the GPUs would sit "
+                              "idle; set backend.device = \"cuda\" or backend.num_gpus = 0")
+        return
+    if be.num_gpus > 1 and not be.num_gpus.is_integer():
+        raise ConfigError(f"backend.num_gpus = {be.num_gpus:g}: a fraction below 1 (GPUs shared) or a whole number")
+    index = int(device.partition(":")[2] or 0)
+    if be.name == "ray":
+        # Ray shows each actor only the GPUs it reserved (CUDA_VISIBLE_DEVICES), numbered from 0.
+        if be.num_gpus <= 0:
+            raise ConfigError(f"backend.device = {device!r} with backend.name = 'ray' needs backend.num_gpus > 0 "
+                              "(per worker actor, e.g. 0.25): an actor sees no GPU it did not reserve")
+        visible = max(1, math.floor(be.num_gpus))
+        if index >= visible:
+            raise ConfigError(f"backend.device = {device!r} with backend.num_gpus = {be.num_gpus:g}: each Ray actor "
+                              f"sees only its own {visible} GPU(s), numbered from 0; use backend.device = \"cuda\"")
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"backend.device = {device!r} with backend.name = {be.name!r}: no CUDA device on this "
+                          "machine (torch.cuda.is_available() is False); use backend.device = \"cpu\" or a GPU machine")
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"backend.device = {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s), numbered from 0")
 
 
 def _check_rule_call(config: Config) -> None:

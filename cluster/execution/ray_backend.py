@@ -24,7 +24,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ostracon.nodes.messages import Assign, Message, Mix
-from ostracon.nodes.seeding import set_deterministic
+from ostracon.nodes.seeding import CUBLAS_WORKSPACE_CONFIG, set_deterministic
 from ostracon.nodes.sources import MEMORY, ShardSource, release
 from ostracon.nodes.worker import NO_ANSWER, SENT, Worker, WorkerSpec
 
@@ -96,6 +96,15 @@ def actor_pid(worker: Worker) -> int:
 def actor_node_id(worker: Worker) -> str:
     """The Ray node id of the actor hosting ``worker``."""
     return str(ray.get_runtime_context().get_node_id())
+
+
+def actor_runtime_env(config: Config) -> dict[str, Any] | None:
+    """The worker actors' ``runtime_env``: on CUDA in deterministic mode, ``CUBLAS_WORKSPACE_CONFIG``
+    (cuBLAS reads it when it initialises, in the actor: without it deterministic matmuls raise). Ray merges
+    an actor's ``env_vars`` into the job's ``runtime_env`` (``ray.init(runtime_env=...)``)."""
+    if not (config.backend.device.startswith("cuda") and config.deterministic):
+        return None
+    return {"env_vars": {"CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)}}
 
 
 class WorkerActor:
@@ -192,6 +201,9 @@ class RayBackend:
                         be.address)
         num_cpus = be.num_cpus or self._auto_cpus(len(specs))
         options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": be.num_gpus, "max_restarts": be.max_restarts}
+        runtime_env = actor_runtime_env(self.config)
+        if runtime_env is not None:
+            options["runtime_env"] = runtime_env
         if be.placement != "none":
             bundle = {"CPU": num_cpus} | ({"GPU": be.num_gpus} if be.num_gpus else {})
             self._placement_group = placement_group([bundle] * len(specs), strategy=be.placement.upper())
