@@ -9,7 +9,10 @@ that request's certificate. Only that thread touches the backend and the ledger'
 API threads submit to the journal (:mod:`.journal`) and read the published model it caches. Requests
 take the same path as the command line's (:func:`ostracon.cluster.unlearning.execute.execute`); the
 deployment adds its :class:`~ostracon.cluster.execution.hooks.Hooks` (progress, drills, serving the
-approximate version early) and the operations' bookkeeping.
+approximate version early) and the operations' bookkeeping. A request touches its own groups' stores
+(every store is audited once, at start), and the files for people to read (``summary.json``,
+``metrics.jsonl``, ``accuracy.png``) are rewritten once per burst of deletions, when the queue is empty
+(docs/design.md, invariant 9).
 
 A replay that keeps failing (a worker dying every attempt) is rolled back before anything is
 published: the ledger request is abandoned, the stores agree with the ledger again, and the
@@ -23,6 +26,7 @@ flags); the defaults are the ``DEFAULT_*`` constants below.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -46,8 +50,9 @@ from ..execution.plan import RunPlan
 from ..execution.training import served_worker, train
 from ..storage import statedir
 from ..storage.ledger import ledger_path
+from ..storage.outputs import SUMMARY_JSON
 from ..storage.records import Certificate, NothingToDelete
-from ..unlearning.exact import LiveWorkers, abandon_request, recover, start_workers
+from ..unlearning.exact import LiveWorkers, abandon_request, recover, refresh_outputs, start_workers
 from ..unlearning.execute import execute
 from ..unlearning.requests import (
     DeletionRequest,
@@ -142,6 +147,7 @@ class Deployment:
         self._workers: tuple[WorkerStatus, ...] = ()
         self._incarnations: dict[int, str] = {}
         self._plan: RunPlan | None = None
+        self._outputs_pending: int | None = None  # published deleted ids of outputs not yet rewritten
 
     # ----- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -215,10 +221,13 @@ class Deployment:
             for repair in sync_stores(st):  # the workers build from the stores: make them agree first
                 log.warning("before starting the workers: %s", repair)
             self._live = start_workers(st)
+            self._live.outputs = lambda deleted, st=st: self._outputs_after_request(st, deleted)
             self.backend_name = self._live.backend.name
             self._probe_workers()
             self._recover(st)
             self._cache_model(st)
+            if _outputs_behind(self.state_dir, st):  # a crash after a request's last step, before its outputs
+                refresh_outputs(st, st.published_count())
         except BaseException as exc:  # noqa: BLE001 - handed to start(), which raises it
             self._error = exc
             self._shutdown(st)
@@ -228,6 +237,7 @@ class Deployment:
         try:
             while not self._stopping:
                 if not journal.count(OperationState.PENDING):
+                    self._write_pending_outputs(st)  # the queue is empty: a burst of deletions is drawn once
                     self._wake.wait()
                     self._wake.clear()
                     continue
@@ -245,6 +255,7 @@ class Deployment:
         if self._live is not None:
             self._live.backend.shutdown()
         if st is not None:
+            self._write_pending_outputs(st)
             st.close()
 
     def _recover(self, st: TrainedState) -> None:
@@ -252,13 +263,31 @@ class Deployment:
         journal = self._journal_or_fail()
         for cert in recover(st, live=self._live, hooks=_OperationHooks(self, st, [])):
             self._succeed(st, journal.carried_by(cert.request_id), cert)
-        steps = {r.id: r.step for r in st.ledger.requests()}
         for op in journal.in_state(OperationState.RUNNING):
             rid = journal.request_id(op.id)
-            if rid is not None and steps.get(rid) is RequestStep.DONE:  # crashed after the ledger's last step
+            # crashed after the ledger's last step
+            if rid is not None and st.ledger.request_step(rid) is RequestStep.DONE:
                 self._succeed(st, [op], self._certificate_of(st, rid))
             elif rid is None:
                 journal.update([op.id], state=OperationState.PENDING, message="queued again after a restart")
+
+    def _outputs_after_request(self, st: TrainedState, deleted_samples: int) -> None:
+        """``LiveWorkers.outputs``: after a request, rewrite ``summary.json``, ``metrics.jsonl`` and
+        ``accuracy.png`` (every version, the plot redrawn) now if the queue is empty, else once it is: a
+        burst of deletions pays for them once, and a client that sees its operation SUCCEEDED with nothing
+        queued sees them current."""
+        self._outputs_pending = deleted_samples
+        if not self._journal_or_fail().count(OperationState.PENDING):
+            self._write_pending_outputs(st)
+
+    def _write_pending_outputs(self, st: TrainedState) -> None:
+        if self._outputs_pending is None:
+            return
+        try:
+            refresh_outputs(st, self._outputs_pending)
+        except Exception:  # files for people, derived from the ledger: the next request rewrites them
+            log.exception("could not rewrite summary.json, metrics.jsonl and accuracy.png")
+        self._outputs_pending = None
 
     def _process_batch(self, st: TrainedState) -> None:
         """Take the queue: the oldest PENDING operation if it is approximate (one at a time), else every
@@ -416,7 +445,7 @@ class Deployment:
                                     max_id_chars=self.max_id_chars)
         except UnlearningError as exc:
             raise exc.in_field() from None
-        validate_request(request.ids, self._plan.placement, set(), self._plan.test_ids.tolist())
+        validate_request(request.ids, self._plan.placement, set(), self._plan.test_ids)
         op, created = journal.submit(request.ids, request.mode, request.method or "", idempotency_key)
         if created:
             self._wake.set()
@@ -540,6 +569,16 @@ def _limit(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"{name}: {value!r} is not a limit; give a whole number, at least 1")
     return int(value)
+
+
+def _outputs_behind(state_dir: str, st: TrainedState) -> bool:
+    """Whether ``summary.json`` shows another model version than the ledger's latest (or is unreadable)."""
+    try:
+        with open(os.path.join(state_dir, SUMMARY_JSON)) as fh:
+            shown_version = json.load(fh).get("model_version")
+    except (OSError, ValueError, AttributeError):
+        return True
+    return bool(shown_version != st.ledger.latest_version()[0])
 
 
 def _has_state(state_dir: str) -> bool:

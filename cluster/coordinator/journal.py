@@ -14,7 +14,8 @@ a request the ledger finishes, or final.
 Operation ids are ``op-`` and a sequence number, zero-padded to six digits (``op-000001``; from a million
 on they simply grow: ``op-1000000``). Everything that orders operations (oldest first for the worker
 thread, newest first for :meth:`Journal.page` and its tokens) orders by that NUMBER, never by the id's
-text, through an index on the number (created when a journal opens, so older ledgers gain it too).
+text, through an index on the number (created when a journal opens, so older ledgers gain it too); the
+queue and a request's operations are found through indexes on the state and the request id.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ T = TypeVar("T")
 # (the text order would put op-1000000 between op-100000 and op-100001). Indexed as this exact expression.
 NUMBER = "CAST(substr(id, 4) AS INTEGER)"
 _INDEX = f"CREATE INDEX IF NOT EXISTS operations_by_number ON operations({NUMBER})"
+# The worker thread's queue (PENDING, RUNNING) and a request's operations are found through these, whatever the
+# history (docs/design.md, invariant 9).
+_INDEXES = (_INDEX, "CREATE INDEX IF NOT EXISTS operations_by_state ON operations(state)",
+            "CREATE INDEX IF NOT EXISTS operations_by_request ON operations(request_id)")
 _TOKEN = re.compile(r"op-[0-9]{1,18}")
 MAX_PAGE_SIZE = 1000  # a larger page_size is served as this many (AIP-158: coerced, not refused)
 DEFAULT_PAGE_SIZE = 50  # page_size 0 (unset)
@@ -126,7 +131,8 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute(_INDEX)  # ledgers written before the index existed gain it here
+        for index in _INDEXES:  # ledgers written before the indexes existed gain them here
+            self._db.execute(index)
         self._lock = threading.RLock()
         self._changed = threading.Condition()
         self._generation = 0

@@ -29,7 +29,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +105,11 @@ CREATE TABLE IF NOT EXISTS operation_events (
     time REAL NOT NULL,
     PRIMARY KEY (op_id, sequence)
 );
+CREATE INDEX IF NOT EXISTS deletions_by_request ON deletions(request_id);
+CREATE INDEX IF NOT EXISTS requests_by_step ON requests(step);
 """
+# What a request reads is found through these indexes (docs/design.md, invariant 9: a request's cost follows
+# its ids, not the history); a ledger written before them gains them in ``ensure_schema``.
 
 
 class LedgerError(OstraconError, RuntimeError):
@@ -123,6 +127,11 @@ class Deletion:
     @property
     def placement(self) -> Placement:
         return Placement(self.group, self.worker, self.slice)
+
+
+def _request(row: tuple[Any, ...]) -> Request:
+    return Request(int(row[0]), DeletionMode(row[1]), RequestStep(row[2]), tuple(json.loads(row[3])),
+                   tuple(json.loads(row[4])))
 
 
 class Ledger:
@@ -218,20 +227,37 @@ class Ledger:
                 also(db)
 
     def requests(self, unfinished_only: bool = False) -> list[Request]:
-        rows = self._query("SELECT id, mode, step, requested, ids FROM requests ORDER BY id")
-        out = [Request(int(r[0]), DeletionMode(r[1]), RequestStep(r[2]), tuple(json.loads(r[3])),
-                       tuple(json.loads(r[4]))) for r in rows]
-        return [r for r in out if not (unfinished_only and r.step.is_final)]
+        """Every request (``unfinished_only``: those not final, found through the ``step`` index), oldest first."""
+        if unfinished_only:
+            open_steps = [s.value for s in RequestStep if not s.is_final]
+            marks = ", ".join("?" for _ in open_steps)
+            rows = self._query(f"SELECT id, mode, step, requested, ids FROM requests WHERE step IN ({marks}) "
+                               "ORDER BY id", tuple(open_steps))
+        else:
+            rows = self._query("SELECT id, mode, step, requested, ids FROM requests ORDER BY id")
+        return [_request(r) for r in rows]
 
     def request(self, request_id: int) -> Request:
-        found = [r for r in self.requests() if r.id == request_id]
-        if not found:
+        rows = self._query("SELECT id, mode, step, requested, ids FROM requests WHERE id = ?", (request_id,))
+        if not rows:
             raise LedgerError(f"ledger {self.path} has no request {request_id}")
-        return found[0]
+        return _request(rows[0])
+
+    def request_step(self, request_id: int) -> RequestStep | None:
+        """The step request ``request_id`` reached; None when the ledger has no such request."""
+        rows = self._query("SELECT step FROM requests WHERE id = ?", (request_id,))
+        return RequestStep(rows[0][0]) if rows else None
 
     def deletions(self) -> dict[str, Deletion]:
         """Every id the ledger deletes (published or still being applied)."""
         rows = self._query("SELECT sample_id, request_id, grp, worker, slice FROM deletions")
+        return {r[0]: Deletion(*r) for r in rows}
+
+    def deletions_after(self, request_id: int) -> dict[str, Deletion]:
+        """The ids deleted by requests numbered above ``request_id`` (request ids only grow): what a
+        state that has read the deletions up to ``request_id`` is missing."""
+        rows = self._query("SELECT sample_id, request_id, grp, worker, slice FROM deletions WHERE request_id > ?",
+                           (request_id,))
         return {r[0]: Deletion(*r) for r in rows}
 
     # ----- versions and certificates ---------------------------------------------------------------
@@ -269,8 +295,11 @@ class Ledger:
                 self._query("SELECT version, request_id, record FROM versions ORDER BY version")]
 
     def full_retrain_cost(self) -> int:
-        """Gradient evaluations of training from scratch (the first version's)."""
-        return self.versions()[0][2].gradient_evaluations
+        """Gradient evaluations of training from scratch (the first version's; read alone, not every version)."""
+        rows = self._query("SELECT record FROM versions ORDER BY version LIMIT 1")
+        if not rows:
+            raise LedgerError(f"ledger {self.path} records no published model version")
+        return VersionRecord.from_json(rows[0][0]).gradient_evaluations
 
     def certificates(self) -> dict[str, tuple[int, int, str]]:
         """File name -> (request id, version, exact body)."""
@@ -283,8 +312,16 @@ class Ledger:
         return (rows[0][0], rows[0][1]) if rows else None
 
     # ----- derived files ---------------------------------------------------------------------------
-    def store_hashes(self) -> dict[int, str]:
-        return {int(w): sha for w, sha in self._query("SELECT worker, sha256 FROM store_files")}
+    def store_hashes(self, workers: Collection[int] | None = None) -> dict[int, str]:
+        """The recorded sha256 of each store's ``rows.npz`` (``workers``: only theirs)."""
+        if workers is None:
+            return {int(w): sha for w, sha in self._query("SELECT worker, sha256 FROM store_files")}
+        chosen = sorted({int(w) for w in workers})
+        if not chosen:
+            return {}
+        marks = ", ".join("?" for _ in chosen)
+        return {int(w): sha for w, sha in
+                self._query(f"SELECT worker, sha256 FROM store_files WHERE worker IN ({marks})", tuple(chosen))}
 
     def set_store_hashes(self, hashes: Mapping[int, str]) -> None:
         with self.transaction() as db:

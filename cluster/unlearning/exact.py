@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from ostracon.nodes.worker import Weights, Worker, evaluate
+from ostracon.nodes.worker import Weights, Worker, evaluate, model_predictions, probabilities_model
 
 from .. import faults
 from ..execution.backend import Backend, make_backend
-from ..execution.ensemble import ensemble_accuracy
+from ..execution.ensemble import check_vote, combine
 from ..execution.hooks import NO_HOOKS, Hooks
 from ..execution.session import Session, elapsed
 from ..execution.training import plot_title, served_worker, stats
@@ -65,7 +65,7 @@ INTERRUPTED = (f"the approximate update was {PhaseOutcome.INTERRUPTED} before it
                "restarted); the request was carried out exactly")
 
 __all__ = ["LiveWorkers", "ReplayResult", "abandon_request", "evaluate_version", "finish_published",
-           "published_states", "recover", "replay_groups", "run_request", "start_workers"]
+           "published_states", "recover", "refresh_outputs", "replay_groups", "run_request", "start_workers"]
 
 
 @dataclass
@@ -78,10 +78,26 @@ class ReplayResult:
 @dataclass
 class LiveWorkers:
     """A started backend holding the plan's workers, and the seeded initial states they had right after
-    start (stage-0 replays begin there). Whoever started it owns it: replays never stop it."""
+    start (stage-0 replays begin there). Whoever started it owns it: replays never stop it.
+
+    ``outputs``: set by a warm cluster that decides when to rewrite the files for people to read
+    (``summary.json``, ``metrics.jsonl``, ``accuracy.png``: every version, redrawn): an exact request it
+    carries out hands it the number of published deleted ids instead of rewriting them itself."""
 
     backend: Backend
     initial: dict[int, dict[str, np.ndarray]]
+    outputs: Callable[[int], None] | None = None
+    # What the published version's models scored on the held-out split, by (worker, weights digest): a
+    # request re-evaluates only the models it changed (its groups'), the others are the same bytes.
+    scores: dict[tuple[int, str], _Score] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class _Score:
+    """One model on the held-out split: its accuracy, and (a served model) its ensemble predictions."""
+
+    accuracy: float
+    predictions: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def start_workers(st: TrainedState, groups: Sequence[int] | Mapping[int, int] | None = None,
@@ -174,8 +190,11 @@ def run_request(st: TrainedState, request: Request, *, backend: Backend | None =
     began = time.perf_counter() if began is None else began
     ledger, config, plan = st.ledger, st.config, st.plan
     if request.step is RequestStep.PUBLISHED:
-        return finish_published(st, request.id)
-    repairs = sync_stores(st, None if live is None else live.backend)
+        return finish_published(st, request.id, live)
+    # A warm cluster audited every store when it started: a request audits the stores it touches. A cold
+    # command starts here, so it audits them all.
+    repairs = sync_stores(st, None if live is None else live.backend,
+                          workers=None if live is None else st.request_workers(request.ids))
     if request.step is RequestStep.JOURNALED:
         ledger.set_step(request.id, RequestStep.TOMBSTONED)
     faults.point("deletion.tombstoned")
@@ -206,7 +225,7 @@ def run_request(st: TrainedState, request: Request, *, backend: Backend | None =
     indebted = bool(approximate or debt)
     thetas = final_thetas(st, replace(record, checkpoints=index, approximate=approximate))
     worker_digests, group_digests = digests(st, thetas)
-    evaluation = evaluate_version(st, thetas)
+    evaluation = evaluate_version(st, thetas, live=live, worker_digests=worker_digests)
     rounds = config.unlearning.slices
     new_version = version + 1
     guarantee = GUARANTEE
@@ -258,7 +277,7 @@ def run_request(st: TrainedState, request: Request, *, backend: Backend | None =
     )
     ledger.publish(request.id, new_version, new_record, (certificates.certificate_name(request.id, new_version), cert))
     faults.point("deletion.published")
-    return finish_published(st, request.id)
+    return finish_published(st, request.id, live)
 
 
 def _with_phases(cert: Certificate, requested: DeletionMode, phases: Sequence[Mapping[str, Any]]) -> Certificate:
@@ -277,8 +296,9 @@ def _approximate_phase(st: TrainedState, request: Request,
     return [{"mode": DeletionMode.APPROXIMATE.value, "outcome": INTERRUPTED}]
 
 
-def finish_published(st: TrainedState, request_id: int) -> Certificate:
-    """The steps after the commit point, all derived from the ledger (idempotent)."""
+def finish_published(st: TrainedState, request_id: int, live: LiveWorkers | None = None) -> Certificate:
+    """The steps after the commit point, all derived from the ledger (idempotent). The files for people to
+    read are rewritten here, or handed to ``live.outputs`` when a warm cluster refreshes them itself."""
     write_state_json(st.state_dir, st.ledger)
     faults.point("deletion.state_json")
     found = st.ledger.certificate_of(request_id)
@@ -287,10 +307,19 @@ def finish_published(st: TrainedState, request_id: int) -> Certificate:
     name, body = found
     certificates.write_exclusive(st.state_dir, name, body)
     faults.point("deletion.certificate")
-    update_outputs(st.state_dir, st.ledger, title=plot_title(st.config), deleted_samples=len(st.published_ids()))
+    if live is not None and live.outputs is not None:
+        live.outputs(st.published_count())
+    else:
+        refresh_outputs(st, st.published_count())
     st.ledger.set_step(request_id, RequestStep.DONE)
     faults.point("deletion.done")
     return Certificate.from_json(body)
+
+
+def refresh_outputs(st: TrainedState, deleted_samples: int) -> None:
+    """Rewrite the files for people to read (``summary.json``, ``metrics.jsonl``, ``accuracy.png``) from the
+    ledger."""
+    update_outputs(st.state_dir, st.ledger, title=plot_title(st.config), deleted_samples=deleted_samples)
 
 
 def recover(st: TrainedState, *, backend: Backend | None = None, live: LiveWorkers | None = None,
@@ -312,17 +341,42 @@ def abandon_request(st: TrainedState, request_id: int, live: LiveWorkers | None 
     stores (and the live workers) are made to agree with the ledger again. Returns the repairs."""
     st.ledger.abandon(request_id, also)
     st.checkpoints.discard_staged(st.plan.groups, st.config.unlearning.slices, REPLAY_SUFFIX)
-    st.refresh()
+    st.refresh(full=True)  # the request's ids are no longer deleted
     # A dead worker rebuilds from the repaired store if it restarts: failing to reach it is only logged.
     return sync_stores(st, None if live is None else live.backend, tolerate_dead_workers=True)
 
 
-def evaluate_version(st: TrainedState, thetas: Mapping[int, Weights]) -> dict[str, Any]:
+def evaluate_version(st: TrainedState, thetas: Mapping[int, Weights], *, live: LiveWorkers | None = None,
+                     worker_digests: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Honest test accuracy (stats over the workers) and the ensemble's, on the held-out split. With
+    ``live`` and the version's ``worker_digests``, a model whose weights a warm cluster already scored is
+    not evaluated again (only the replayed groups' are), and ``live.scores`` keeps this version's."""
     plan = st.plan
     if len(plan.test_labels) == 0:
         return {"honest_test_accuracy": None, "ensemble_test_accuracy": None}
-    acc = {j: evaluate(plan.specs[j], theta, plan.test_features, plan.test_labels)[0] for j, theta in thetas.items()}
     served = [served_worker(plan, g) for g in plan.groups]
-    ensemble = ensemble_accuracy([plan.specs[j] for j in served], [thetas[j] for j in served],
-                                 plan.test_features, plan.test_labels, st.config.unlearning.vote)
+    known = live.scores if live is not None and worker_digests is not None else {}
+    scores: dict[tuple[int, str], _Score] = {}
+    acc = {}
+    each = []
+    for j, theta in thetas.items():
+        key = (j, worker_digests[str(j)]) if worker_digests is not None else (j, "")
+        score = known.get(key)
+        if score is None or (j in served and score.predictions is None):
+            accuracy = evaluate(plan.specs[j], theta, plan.test_features, plan.test_labels)[0]
+            predictions = model_predictions(probabilities_model(plan.specs[j], theta), plan.test_features) \
+                if j in served else None
+            score = _Score(accuracy, predictions)
+        scores[key] = score
+        acc[j] = score.accuracy
+    for j in served:
+        score = scores[(j, worker_digests[str(j)]) if worker_digests is not None else (j, "")]
+        assert score.predictions is not None
+        each.append(score.predictions)
+    # The ensemble's vote over the served models (``execution.ensemble.ensemble_accuracy``, from their predictions).
+    check_vote(st.config.unlearning.vote)
+    voted, _ = combine(each, st.config.unlearning.vote, plan.specs[served[0]].num_classes)
+    ensemble = float((voted == plan.test_labels).mean())
+    if live is not None and worker_digests is not None:
+        live.scores = scores  # this version's only: memory stays one version's worth
     return {"honest_test_accuracy": stats(list(acc.values())), "ensemble_test_accuracy": round(ensemble, 6)}

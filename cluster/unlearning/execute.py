@@ -29,7 +29,7 @@ def journal_request(st: TrainedState, request: DeletionRequest,
                     also: Callable[[sqlite3.Connection, int], None] | None = None) -> Request | NothingToDelete:
     """Check ``request``'s ids against the trained data and journal the fresh ones (``also(db, request_id)``
     runs in the journaling transaction); nothing is journaled when every id was deleted already."""
-    fresh, _ = validate_request(request.ids, st.plan.placement, st.deletions, st.plan.test_ids.tolist())
+    fresh, _ = validate_request(request.ids, st.plan.placement, st.deletions, st.plan.test_ids)
     if not fresh:
         version, _ = st.ledger.latest_version()
         return NothingToDelete(request.mode, request.ids, version, method=request.method)

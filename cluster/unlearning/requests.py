@@ -141,15 +141,16 @@ def validate_request(ids: Iterable[Any], placement: Mapping[str, object], delete
     """Split a request into (ids to delete now, ids already deleted); raise on anything malformed.
 
     ``placement`` maps every training id of the source data (deleted ones included) to where it lives;
-    ``deleted`` holds the ids the ledger already deletes."""
+    ``deleted`` holds the ids the ledger already deletes; ``test_ids`` (the held-out split) is read only
+    when some id is not a training id, to say which error it is."""
     request = parse_request(ids)
-    held_out = set(test_ids)
-    in_test = [i for i in request.ids if i not in placement and i in held_out]
-    if in_test:
-        raise HeldOutIdsUnlearningError("sample id(s) in the held-out test split, never trained on: "
-                                        f"{_preview(in_test)}")
     unknown = [i for i in request.ids if i not in placement]
-    if unknown:
+    if unknown:  # only a refused request reads the held-out ids: a valid one costs its own ids
+        held_out = set(unknown).intersection(str(i) for i in test_ids)
+        in_test = [i for i in unknown if i in held_out]
+        if in_test:
+            raise HeldOutIdsUnlearningError("sample id(s) in the held-out test split, never trained on: "
+                                            f"{_preview(in_test)}")
         raise UnknownIdsUnlearningError(f"unknown sample id(s) (not in the training data): {_preview(unknown)}")
     already = [i for i in request.ids if i in deleted]
     return [i for i in request.ids if i not in deleted], already

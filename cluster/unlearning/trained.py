@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,11 @@ def check_source(config: Config, ledger: Ledger, index: SourceIndex) -> None:
 class TrainedState:
     """A state directory opened under its lock (``open_state``); ``plan`` gives every worker the source's
     rows minus every id the ledger deletes (``refresh`` after journaling). ``index``: the source's ids and
-    labels (no features: workers read their own rows)."""
+    labels (no features: workers read their own rows).
+
+    ``deletions`` is read whole once, at open; then ``refresh`` reads only the requests journaled since
+    (request ids only grow), and the ids are also kept by worker, so that a request's bookkeeping costs
+    its own ids, not the history (docs/design.md, invariant 9)."""
 
     state_dir: str
     config: Config
@@ -75,15 +80,39 @@ class TrainedState:
     index: SourceIndex
     plan: RunPlan
     deletions: dict[str, Deletion] = field(default_factory=dict)
+    # the highest request id whose deletions ``deletions`` holds; the deleted ids by worker
+    read_through: int = field(default=0, repr=False)
+    _by_worker: dict[int, set[str]] = field(default_factory=dict, repr=False)
 
-    def refresh(self) -> None:
-        """Re-read the ledger's deletions; the workers' data is the source minus all of them (the shards
-        holding new ones are updated; nothing is placed again)."""
+    def __post_init__(self) -> None:
+        self._index_deletions(self.deletions.values())
+        self.read_through = max((d.request_id for d in self.deletions.values()), default=self.read_through)
+
+    def _index_deletions(self, found: Iterable[Deletion]) -> None:
+        for d in found:
+            self._by_worker.setdefault(d.worker, set()).add(d.sample_id)
+
+    def refresh(self, *, full: bool = False) -> None:
+        """Read the deletions of the requests journaled since the last read; the workers' data is the
+        source minus all of them (the shards holding new ones are updated; nothing is placed again).
+        ``full``: read every deletion again (after ``Ledger.abandon``, the one change that removes some)."""
+        if not full:
+            new = self.ledger.deletions_after(self.read_through)
+            new = {i: d for i, d in new.items() if i not in self.deletions}
+            self.deletions.update(new)
+            self._index_deletions(new.values())
+            self.read_through = max((d.request_id for d in new.values()), default=self.read_through)
+            if new:
+                self.plan = self.plan.with_deleted(new)
+            return
         known = set(self.deletions)
         self.deletions = self.ledger.deletions()
+        self._by_worker = {}
+        self._index_deletions(self.deletions.values())
+        self.read_through = max((d.request_id for d in self.deletions.values()), default=0)
         if set(self.deletions) >= known:
             self.plan = self.plan.with_deleted(set(self.deletions) - known)
-        else:  # never in practice (deletions are permanent): rebuild from scratch
+        else:  # a request was abandoned: its ids are back in the workers' data; place everything again
             self.plan = make_plan(self.config, state_dir=self.state_dir, exclude=self.deletions, index=self.index,
                                   digests=recorded_digests(self.ledger))
 
@@ -95,16 +124,46 @@ class TrainedState:
         """Where each id of the source's training data lives (deleted ones included)."""
         return {i: Placement(*self.plan.placement[i]) for i in ids}
 
+    def unpublished_ids(self) -> set[str]:
+        """The deleted ids of requests journaled but not yet published (found through the ledger's step
+        index: a few requests, whatever the history)."""
+        return {i for r in self.ledger.requests(unfinished_only=True) if not r.step.is_published for i in r.ids}
+
     def published_ids(self) -> set[str]:
-        published = {r.id for r in self.ledger.requests() if r.step.is_published}
-        return {i for i, d in self.deletions.items() if d.request_id in published}
+        """Every deleted id a published model version no longer carries."""
+        return set(self.deletions) - self.unpublished_ids()
+
+    def published_count(self) -> int:
+        """``len(published_ids())`` without copying the history."""
+        return len(self.deletions) - len(self.unpublished_ids() & self.deletions.keys())
+
+    def deleted_from(self, worker: int) -> AbstractSet[str]:
+        """The ids the ledger deletes from worker ``worker``'s store (as of the last ``refresh``; read-only)."""
+        return self._by_worker.get(worker, frozenset())
 
     def ids_by_worker(self, ids: Collection[str] | None = None) -> dict[int, set[str]]:
+        """Deleted ids by the worker whose store held them: all of them, or those of ``ids``."""
+        if ids is None:
+            return {j: set(found) for j, found in self._by_worker.items() if found}
         out: dict[int, set[str]] = {}
-        for i, d in self.deletions.items():
-            if ids is None or i in ids:
+        for i in ids:
+            d = self.deletions.get(i)
+            if d is not None:
                 out.setdefault(d.worker, set()).add(i)
         return out
+
+    def request_workers(self, ids: Iterable[str]) -> set[int]:
+        """The workers a request of ``ids`` touches: the holders of its deleted ids and every worker of
+        their groups (a replay reads every store of its group)."""
+        groups = set()
+        workers = set()
+        for i in ids:
+            d = self.deletions.get(i)
+            if d is not None:
+                groups.add(d.group)
+                workers.add(d.worker)
+        workers.update(j for g in groups for j in self.plan.group_workers(g))
+        return {j for j in workers if j in self.plan.shards}
 
     def close(self) -> None:
         self.ledger.close()
@@ -134,7 +193,7 @@ def open_state(state_dir: str | os.PathLike[str], overrides: Mapping[str, Any] |
         check_source(config, ledger, index)
         deletions = ledger.deletions()
         plan = make_plan(config, state_dir=state_dir, exclude=deletions, index=index, digests=recorded_digests(ledger))
-        plan.test_features  # noqa: B018 - read and checked now: a changed held-out row is refused before anything
+        plan.check_held_out()  # a changed held-out row is refused before anything changes
         state = TrainedState(state_dir, config, ledger, index, plan, deletions)
     except BaseException:
         ledger.close()
@@ -186,14 +245,19 @@ def store_dir(data: ShardSource) -> str:
     return data.store_path
 
 
-def store_problems(st: TrainedState, pending: Collection[str] = frozenset()) -> dict[int, str]:
+def store_problems(st: TrainedState, pending: Collection[str] = frozenset(),
+                   workers: Collection[int] | None = None) -> dict[int, str]:
     """Each worker store that disagrees with the ledger, and how. Reads only (never repairs).
 
-    Ids in ``pending`` (journaled, not yet applied) may be missing from a store's log."""
-    hashes = st.ledger.store_hashes()
-    wanted = st.ids_by_worker()
+    Ids in ``pending`` (journaled, not yet applied) may be missing from a store's log. ``workers``: audit
+    only their stores (a request audits the stores it touches; opening a deployment and ``verify`` audit
+    every store)."""
+    chosen = sorted(st.plan.shards) if workers is None else sorted(j for j in set(workers) if j in st.plan.shards)
+    hashes = st.ledger.store_hashes(chosen)
+    pending = set(pending)
     problems: dict[int, str] = {}
-    for j, data in sorted(st.plan.shards.items()):
+    for j in chosen:
+        data = st.plan.shards[j]
         rows = ShardStore.rows_file(store_dir(data))
         if not rows.is_file():
             problems[j] = "missing (store directory or rows.npz lost)"
@@ -203,14 +267,14 @@ def store_problems(st: TrainedState, pending: Collection[str] = frozenset()) -> 
         except CorruptStoreError as exc:
             problems[j] = f"tombstone log unreadable ({exc})"
             continue
-        want = wanted.get(j, set())
-        extra, missing = sorted(logged - want), sorted(want - logged - set(pending))
+        want = st.deleted_from(j)
+        extra, missing = sorted(logged - want), sorted(want - logged - pending)
         if extra or missing:
             problems[j] = "tombstone log differs from the ledger: " + "; ".join(
                 part for part in (f"ids the ledger never deleted: {', '.join(extra[:10])}" if extra else "",
                                   f"deleted ids missing: {', '.join(missing[:10])}" if missing else "") if part)
             continue
-        if want - logged:
+        if not want <= logged:
             problems[j] = "pending: tombstones of a journaled request not yet written"
             continue
         if file_sha256(rows) != hashes.get(j):
@@ -243,20 +307,27 @@ def live_ids(stored: Mapping[int, np.ndarray], ids: Collection[str]) -> dict[int
     return {j: h for j, h in hits.items() if h}
 
 
-def sync_stores(st: TrainedState, live: Backend | None = None, *, tolerate_dead_workers: bool = False) -> list[str]:
-    """Make every store agree with the ledger: append the tombstones of journaled requests, and
+def sync_stores(st: TrainedState, live: Backend | None = None, *, workers: Collection[int] | None = None,
+                tolerate_dead_workers: bool = False) -> list[str]:
+    """Make the stores agree with the ledger: append the tombstones of journaled requests, and
     rebuild a lost or damaged store from the source data minus the ledger's ids; then the started
     workers of ``live`` whose store changed re-read it (``tolerate_dead_workers``: a worker that
-    cannot be reached is logged, not raised). Returns the repairs."""
+    cannot be reached is logged, not raised). Returns the repairs.
+
+    ``workers``: only their stores and those holding ids of unfinished requests (a request touches its
+    own stores; None: every store, as when a deployment starts)."""
     repairs = []
-    wanted = st.ids_by_worker()
-    hashes = st.ledger.store_hashes()
-    pending = {i for r in st.ledger.requests(unfinished_only=True) for i in r.ids}
+    unfinished = st.ledger.requests(unfinished_only=True)
+    pending = {i for r in unfinished for i in r.ids}
+    if workers is not None:
+        workers = set(workers) | {st.deletions[i].worker for i in pending if i in st.deletions}
+    chosen = st.plan.shards if workers is None else [j for j in workers if j in st.plan.shards]
+    hashes = st.ledger.store_hashes(chosen)
     changed = []
-    for j, problem in store_problems(st, pending).items():
+    for j, problem in store_problems(st, pending, chosen).items():
         data = st.plan.shards[j]
         assert data.store_path is not None  # a state directory's workers keep durable stores
-        want = wanted.get(j, set())
+        want = st.deleted_from(j)
         if problem.startswith("pending") and file_sha256(ShardStore.rows_file(data.store_path)) == hashes.get(j):
             store = ShardStore.open(data.store_path)
             store.delete(sorted(want - store.deleted()))
