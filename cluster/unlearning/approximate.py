@@ -219,7 +219,9 @@ def _publish(st: TrainedState, request: Request, phase: dict[str, Any], result: 
              live: LiveWorkers | None, hooks: Hooks, began: float) -> Certificate:
     ledger, plan = st.ledger, st.plan
     st.refresh()  # from here on the workers' data no longer holds the request's ids
-    repairs = sync_stores(st, None if live is None else live.backend)
+    # A warm cluster audited every store when it started: a request audits the stores it touches.
+    repairs = sync_stores(st, None if live is None else live.backend,
+                          workers=None if live is None else st.request_workers(request.ids))
     ledger.set_step(request.id, RequestStep.TOMBSTONED)
     faults.point("deletion.tombstoned")
     version, record = ledger.latest_version()
