@@ -158,16 +158,6 @@ def _message(kind: str | None, budget: int | None, payload: tuple[Any, ...]) -> 
 R = TypeVar("R")
 
 
-def _stack(*vectors: np.ndarray) -> np.ndarray:
-    return np.stack(vectors)
-
-
-@functools.cache
-def _stack_task() -> Any:
-    """``_stack`` as a zero-CPU Ray task: the stacking runs next to the vectors, not in the driver."""
-    return ray.remote(num_cpus=0)(_stack)
-
-
 class RayBackend:
     """One actor per worker; see the module docstring and :class:`~.backend.Backend`."""
 
@@ -285,12 +275,14 @@ class RayBackend:
         return self._collect(calls, deadline_s, result)
 
     def _pack(self, handles: list[Any], budget: int | None) -> tuple[Any, ...]:
-        """Small vectors: stacked once into one object by a task on the cluster (n reads a round instead of
-        n^2 transfers). Large ones stay where their worker put them and are read zero-copy by every
-        receiver. The size comes with each worker's answer: the driver reads no vector."""
+        """Small vectors (a group's round under ``PACK_LIMIT_BYTES``): stacked once into one object (n reads
+        a round instead of n^2 transfers). Ray keeps objects under 100 KiB in their owner's memory (the
+        driver's) anyway; a task stacking them elsewhere would cost a worker process's start in the round.
+        Large vectors stay where their worker put them and are read zero-copy by every receiver: the size
+        comes with each worker's answer, so the driver never reads one to learn it."""
         if self._vector_bytes is None or self._vector_bytes * len(handles) > PACK_LIMIT_BYTES:
             return (_MIX, budget, *handles)
-        return (_MIX_PACKED, budget, _stack_task().remote(*handles))
+        return (_MIX_PACKED, budget, ray.put(np.stack(ray.get(list(handles)))))
 
     def attack(self, workers: Sequence[int], honest: Sequence[Any], t: int, budget: int | None = None) -> StepResult:
         calls = {j: self.actors[j].attack.remote(t, budget, *honest) for j in workers if self._free(j)}
