@@ -177,3 +177,10 @@ def test_a_bad_row_found_by_a_worker_leaves_no_output_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["train", "-c", str(config), "-o", str(tmp_path / "empty")]) == 2
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_the_held_out_rows_are_read_once_per_state_not_per_deletion():
+    plan = make_plan(small_config(**SISA))
+    features = plan.test_features
+    victim = sorted(plan.placement)[0]
+    assert plan.with_deleted([victim]).test_features is features

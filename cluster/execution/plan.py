@@ -97,7 +97,10 @@ class RunPlan:
         shards = {j: dataclasses.replace(s, deleted=tuple(sorted(set(s.deleted) | by_holder[self.holders[j]])))
                   if self.holders[j] in by_holder and not by_holder[self.holders[j]] <= set(s.deleted) else s
                   for j, s in self.shards.items()}
-        return dataclasses.replace(self, shards=shards)
+        updated = dataclasses.replace(self, shards=shards)
+        if "test_features" in self.__dict__:  # the held-out rows did not change: keep them (no re-read)
+            updated.__dict__["test_features"] = self.__dict__["test_features"]
+        return updated
 
     def shard_ids(self, worker: int) -> np.ndarray:
         """The ids worker ``worker`` holds (its placement position's minus the deleted), sorted: what its
