@@ -405,15 +405,7 @@ def _npz(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarr
         x = _npz_array(archive, "X", path)
         y = _npz_array(archive, "y", path)
         raw_ids = _npz_array(archive, "ids", path) if "ids" in archive.files else None
-    n = y.shape[0] if y.ndim else -1
-    if y.ndim != 1:
-        raise ValueError(f"{path}: key 'y' must be 1-D (N,), got shape {y.shape}")
-    if y.size == 0:
-        raise ValueError(f"{path}: holds no samples (key 'y' is empty)")
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{path}: key 'y' must hold integer labels, got dtype {y.dtype}")
-    if y.size and y.min() < 0:
-        raise ValueError(f"{path}: key 'y' has negative labels (min {y.min()})")
+    n = check_npz_labels(y, path)
     if x.ndim < 2 or x.shape[0] != n:
         raise ValueError(f"{path}: key 'X' must have shape (N, ...) with N = len(y) = {n}, got {x.shape}")
     if x.dtype.kind not in "iuf":
@@ -426,6 +418,19 @@ def _npz(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     if num_classes < 2:
         raise ValueError(f"{path}: key 'y' holds only label 0; a classifier needs at least 2 classes")
     return ids, x, y.astype(np.int64), num_classes
+
+
+def check_npz_labels(y: np.ndarray, path: Path) -> int:
+    """Refuse labels that are not a non-empty 1-D array of integers >= 0; returns the row count."""
+    if y.ndim != 1:
+        raise ValueError(f"{path}: key 'y' must be 1-D (N,), got shape {y.shape}")
+    if y.size == 0:
+        raise ValueError(f"{path}: holds no samples (key 'y' is empty)")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{path}: key 'y' must hold integer labels, got dtype {y.dtype}")
+    if y.min() < 0:
+        raise ValueError(f"{path}: key 'y' has negative labels (min {y.min()})")
+    return int(y.shape[0])
 
 
 def _npz_array(archive: NpzFile, key: str, path: Path) -> np.ndarray:

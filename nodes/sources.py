@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import Dataset, check_npz_ids, load_dataset
+from .data import Dataset, check_npz_ids, check_npz_labels, load_dataset
 from .partition import Placement, place
 
 BUILT_IN = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10")
@@ -370,15 +370,7 @@ def _npz_index(path: Path, one_class_ok: bool = False) -> SourceIndex:
         y = _npz_member(archive, "y", path)
         raw_ids = _npz_member(archive, "ids", path) if "ids" in archive.files else None
     shape, dtype = _npz_x_header(path)
-    n = y.shape[0] if y.ndim else -1
-    if y.ndim != 1:
-        raise ValueError(f"{path}: key 'y' must be 1-D (N,), got shape {y.shape}")
-    if y.size == 0:
-        raise ValueError(f"{path}: holds no samples (key 'y' is empty)")
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{path}: key 'y' must hold integer labels, got dtype {y.dtype}")
-    if y.min() < 0:
-        raise ValueError(f"{path}: key 'y' has negative labels (min {y.min()})")
+    n = check_npz_labels(y, path)
     if len(shape) < 2 or shape[0] != n:
         raise ValueError(f"{path}: key 'X' must have shape (N, ...) with N = len(y) = {n}, got {shape}")
     if dtype.kind not in "iuf":

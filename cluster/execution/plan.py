@@ -145,11 +145,17 @@ def load_config_dataset(config: Config) -> Dataset:
             return load_dataset("parquet", path=d.path, shape=d.shape)
         return load_dataset(d.source, path=d.path or None)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        if d.path:
-            where = "data.path" if d.path in str(exc) else f"data.path = {d.path!r}"
-        else:
-            where = f"data.source = {d.source!r}"
-        raise DataError(f"{where}: {exc}") from exc
+        raise _data_error(config, exc) from exc
+
+
+def _data_error(config: Config, exc: BaseException) -> DataError:
+    """A source that cannot be read, as one line naming ``data.path`` (or ``data.source``)."""
+    d = config.data
+    if d.path:
+        where = "data.path" if d.path in str(exc) else f"data.path = {d.path!r}"
+    else:
+        where = f"data.source = {d.source!r}"
+    return DataError(f"{where}: {exc}")
 
 
 def config_source(config: Config, dataset: Dataset | None = None) -> SourceSpec:
@@ -167,15 +173,10 @@ def config_source(config: Config, dataset: Dataset | None = None) -> SourceSpec:
 
 def read_config_index(config: Config, source: SourceSpec | None = None) -> SourceIndex:
     """The source's ids and labels; a file that cannot be read is a :class:`DataError` naming it."""
-    d = config.data
     try:
         return read_index(source if source is not None else config_source(config))
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        if d.path:
-            where = "data.path" if d.path in str(exc) else f"data.path = {d.path!r}"
-        else:
-            where = f"data.source = {d.source!r}"
-        raise DataError(f"{where}: {exc}") from exc
+        raise _data_error(config, exc) from exc
 
 
 def _worker_counts(config: Config, train_samples: int) -> str:
